@@ -1,0 +1,77 @@
+"""Token sequences -> padded batches -> the per-sequence loss every part of the project uses.
+
+Scoring an option, MetaICL's training loss and every inner/outer MAML loss are the same quantity: the mean
+cross-entropy of a sequence's target tokens given everything before them. Batches are *left*-padded so all
+targets end at the last position; the model then computes logits only for the last `max target length + 1`
+positions (`logits_to_keep`), which keeps the 49k-wide vocabulary projection off the prompt tokens. Position ids
+are derived from the attention mask, so a padded sequence is computed exactly as it would be alone.
+
+`params` lets algorithms run the model on a dict of tensors other than its own (adapted weights, with or without
+a graph back to the originals) through `torch.func.functional_call`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+TokenSequence = tuple[list[int], list[int]]  # (context_ids, target_ids)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T], left-padded
+    attention_mask: torch.Tensor  # [B, T]
+    target_mask: torch.Tensor  # [B, L] True where the last-L token is a target token (L = longest target)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-pad) tokens: the unit of our tokens/s and budgets."""
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.target_mask.to(device))
+
+
+def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:
+    """Left-pad (context + target) sequences into one batch; every target must be non-empty."""
+    lengths = [len(c) + len(t) for c, t in sequences]
+    width = max(lengths)
+    target_width = max(len(t) for _, t in sequences)
+    if min(len(t) for _, t in sequences) == 0:
+        raise ValueError("a sequence has no target tokens")
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    target_mask = torch.zeros((len(sequences), target_width), dtype=torch.bool)
+    for row, ((context, target), length) in enumerate(zip(sequences, lengths)):
+        input_ids[row, width - length:] = torch.tensor(context + target, dtype=torch.long)
+        attention_mask[row, width - length:] = 1
+        target_mask[row, target_width - len(target):] = True
+    return Batch(input_ids, attention_mask, target_mask)
+
+
+def sequence_losses(model: torch.nn.Module, batch: Batch,
+                    params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean cross-entropy over each sequence's target tokens, shape [B] (float32)."""
+    target_width = batch.target_mask.shape[1]
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids,
+                  logits_to_keep=target_width + 1, use_cache=False)
+    if params is None:
+        output = model(batch.input_ids, **kwargs)
+    else:
+        output = functional_call(model, dict(params), (batch.input_ids,), kwargs, strict=False, tie_weights=True)
+    logits = output.logits[:, :-1].float()  # position i predicts token i + 1
+    targets = batch.input_ids[:, -target_width:]
+    token_losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    token_losses = token_losses.view_as(targets) * batch.target_mask
+    return token_losses.sum(-1) / batch.target_mask.sum(-1)
+
+
+def mean_loss(model: torch.nn.Module, batch: Batch, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """MetaICL's training loss: the mean over sequences of the per-sequence mean target-token loss."""
+    return sequence_losses(model, batch, params).mean()
