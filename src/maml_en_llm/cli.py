@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--model", default=DEFAULT_MODEL, help=f"base model (default {DEFAULT_MODEL})")
     _add_data_args(tr)
     tr.add_argument("--out", type=Path, required=True, help="run folder: metrics.jsonl, checkpoints/, final/")
-    tr.add_argument("--config", type=Path, default=None, help="YAML recipe; key=value arguments override it")
+    tr.add_argument("--config", type=Path, default=None, help="YAML recipe path or packaged recipe name (metaicl, maml, fomaml, reptile, ict, multitask0, "
+                         "cpu-demo); key=value arguments override it")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=100 lr=1e-5")
     _add_device_args(tr)

@@ -56,7 +56,7 @@ def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:
 
 def sequence_losses(model: torch.nn.Module, batch: Batch,
                     params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Mean cross-entropy over each sequence's target tokens, shape [B] (float32)."""
+    """Mean cross-entropy over each sequence's target tokens, shape [B] (at least float32)."""
     target_width = batch.target_mask.shape[1]
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids,
@@ -65,7 +65,9 @@ def sequence_losses(model: torch.nn.Module, batch: Batch,
         output = model(batch.input_ids, **kwargs)
     else:
         output = functional_call(model, dict(params), (batch.input_ids,), kwargs, strict=False, tie_weights=True)
-    logits = output.logits[:, :-1].float()  # position i predicts token i + 1
+    logits = output.logits[:, :-1]  # position i predicts token i + 1
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     targets = batch.input_ids[:, -target_width:]
     token_losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     token_losses = token_losses.view_as(targets) * batch.target_mask

@@ -1,0 +1,190 @@
+"""Training recipes: one typed dataclass, read from YAML and overridden by `key=value` arguments.
+
+Every field is documented where it is declared (the docstring table below is what `docs/training.md` shows);
+unknown keys, wrong types and out-of-range values are one-line errors naming the file or argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+METHODS = ("metaicl", "maml", "fomaml", "reptile", "ict", "multitask0")
+MAML_FAMILY = ("maml", "fomaml", "reptile")
+INNER_OPTIMIZERS = ("shared-adam", "sgd", "adam")
+
+
+@dataclass
+class TrainConfig:
+    """A meta-training recipe. Field comments are the documentation."""
+
+    method: str = "metaicl"  # metaicl | maml | fomaml | reptile | ict | multitask0
+    steps: int = 100  # meta-steps (outer optimizer updates)
+    k: int = 16  # demonstrations per training instance (multitask0 forces 0)
+    prompt: str = "direct"  # direct | channel (MetaICL's two scoring directions)
+    seed: int = 100  # seeds model-independent randomness: episodes, and torch
+    lr: float = 1e-5  # outer learning rate (AdamW), after warmup decays linearly to 0
+    warmup_steps: int = 0  # linear warmup of the outer learning rate
+    weight_decay: float = 0.0  # outer AdamW weight decay (inner updates never decay)
+    max_grad_norm: float = 1.0  # clip the (meta-)gradient to this L2 norm before the outer step; 0 = off
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    tasks_per_step: int = 4  # "exploration tasks" sampled per meta-step
+    support_size: int = 2  # instances per task in the support (exploration) batch
+    query_size: int = 2  # instances per task in the query (validation) batch, disjoint from support
+    inner_steps: int = 1  # gradient steps on the support batch per task (maml, fomaml, reptile)
+    inner_lr: float = 1e-5  # learning rate of the inner steps
+    inner_optimizer: str = "shared-adam"  # shared-adam | sgd | adam (see algorithms.py)
+    max_examples_per_task: int | None = None  # cap each training task's pool (limited-data setting); null = full
+    checkpoint_every: int = 50  # write a checkpoint every N steps (and at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # how many recent checkpoints to keep
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, where: str = "recipe") -> None:
+        def bad(field: str, why: str) -> UserError:
+            return UserError(f"{where}: {field}={getattr(self, field)!r} {why}")
+
+        if self.method not in METHODS:
+            raise bad("method", f"is not one of {list(METHODS)}")
+        if self.prompt not in ("direct", "channel"):
+            raise bad("prompt", "must be direct or channel")
+        if self.inner_optimizer not in INNER_OPTIMIZERS:
+            raise bad("inner_optimizer", f"is not one of {list(INNER_OPTIMIZERS)}")
+        for name in ("steps", "tasks_per_step", "support_size", "query_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be at least 1")
+        for name in ("k", "warmup_steps", "inner_steps", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.keep_checkpoints < 1:
+            raise bad("keep_checkpoints", "must be at least 1")
+        for name in ("lr", "inner_lr"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        if self.weight_decay < 0 or self.max_grad_norm < 0 or self.adam_eps <= 0:
+            raise UserError(f"{where}: weight_decay, max_grad_norm must be >= 0 and adam_eps > 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise bad("adam_betas", "must be two numbers in [0, 1)")
+        if self.max_examples_per_task is not None and self.max_examples_per_task < 2:
+            raise bad("max_examples_per_task", "must be at least 2 (or null/full for the whole pool)")
+        if self.method == "reptile" and self.inner_steps < 1:
+            raise bad("inner_steps", "must be at least 1 for reptile (its update is theta - adapted theta)")
+
+    @property
+    def demonstrations(self) -> int:
+        """k actually used: multi-task zero-shot trains without demonstrations."""
+        return 0 if self.method == "multitask0" else self.k
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["adam_betas"] = list(self.adam_betas)
+        return data
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, value: object, where: str) -> object:
+    """Check/convert one value to the field's declared type."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if name == "max_examples_per_task" and value in (None, "full", "null", "none"):
+        return None
+    if hint is bool or hint == "bool":
+        ok = isinstance(value, bool)
+    elif hint is int or typing.get_origin(hint) is typing.Union or name == "max_examples_per_task":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # adam_betas
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value)
+        value = tuple(float(v) for v in value) if ok else value
+    if not ok:
+        raise UserError(f"{where}: {name} must be {getattr(hint, '__name__', str(hint))}, got {value!r}")
+    return value
+
+
+def packaged_recipes() -> list[str]:
+    folder = resources.files("maml_en_llm") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A YAML path, or the name of a recipe shipped with the package (`maml`, `metaicl`, `cpu-demo`, ...)."""
+    path = Path(recipe).expanduser()
+    if path.is_file():
+        return path
+    packaged = resources.files("maml_en_llm") / "recipes" / f"{recipe}.yaml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise UserError(f"{recipe}: recipe not found; give a YAML path or one of {packaged_recipes()}")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`key=value` strings -> dict; values are parsed as YAML scalars (`1e-5`, `true`, `null`, `[0.9, 0.99]`)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"argument {item!r}: expected key=value (e.g. steps=100)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def make_config(recipe: Path | None = None, overrides: dict | None = None, **fixed) -> TrainConfig:
+    """Defaults <- YAML recipe <- `fixed` (e.g. method from --method) <- key=value overrides."""
+    merged: dict = {}
+    sources: dict = {}
+    if recipe is not None:
+        path = resolve_recipe(recipe)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: malformed YAML; fix the recipe") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: a recipe is a mapping of field: value")
+        merged.update(loaded)
+        sources.update({k: str(path) for k in loaded})
+    merged.update({k: v for k, v in fixed.items() if v is not None})
+    sources.update({k: f"--{k}" for k, v in fixed.items() if v is not None})
+    for key, value in (overrides or {}).items():
+        merged[key] = value
+        sources[key] = f"{key}={value}"
+    values = {}
+    for key, value in merged.items():
+        if key not in _FIELDS:
+            raise UserError(f"{sources[key]}: unknown recipe field {key!r}; known: {', '.join(_FIELDS)}")
+        values[key] = _coerce(key, value, sources[key])
+    config = TrainConfig.__new__(TrainConfig)
+    for name, field in _FIELDS.items():
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        setattr(config, name, values.get(name, default))
+    config.validate(where=", ".join(sorted(set(sources.values()))) or "recipe")
+    return config
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    from .paths import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

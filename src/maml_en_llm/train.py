@@ -1,0 +1,220 @@
+"""`maml-en-llm train`: the meta-training loop, one function to read top to bottom.
+
+The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)gradient of one task's episode.
+
+    RUN_DIR/config.yaml      the resolved recipe (a resumed run must match it)
+    RUN_DIR/run.json         model, data, split, command line
+    RUN_DIR/metrics.jsonl    one line per meta-step
+    RUN_DIR/checkpoints/     see checkpoint.py
+    RUN_DIR/final/           HF folder (safetensors + tokenizer) that `eval` and plain transformers load
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import distributed
+from .algorithms import InnerOptimizer, ensure_adam_state, task_function, write_shared_moments
+from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
+from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
+from .episodes import TaskData, check_pools, sample_episode
+from .errors import UserError
+from .paths import atomic_write_text, default_data_dir
+from .prompts import PromptFormat, make_tokenize
+from .tasks import check_split_data, load_pool, load_split, load_task_meta
+
+
+def run_train(args, command_line: str) -> None:
+    """CLI entry: build the recipe from --config, --method and key=value overrides, then train."""
+    config = make_config(args.config, parse_overrides(args.overrides), method=args.method)
+    train(config, model_name=args.model, data_dir=args.data_dir, split=args.split, out_dir=args.out,
+          resume=args.resume, device=args.device, dtype=args.dtype, command=command_line)
+
+
+def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str) -> list[TaskData]:
+    split = load_split(split_spec, data_dir)
+    if not split.train:
+        raise UserError(f"{split.source}: 'train' is empty; meta-training needs training tasks")
+    check_split_data(split, data_dir, parts=("train",))
+    tasks = []
+    for name in split.train:
+        pool = load_pool(data_dir, name, config.max_examples_per_task)
+        instruction = load_task_meta(data_dir, name, pool).instruction if config.method == "ict" else None
+        tasks.append(TaskData(name, tuple(pool), instruction))
+    check_pools(tasks, config.demonstrations, config.support_size, config.query_size)
+    return tasks
+
+
+def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
+    saved = out_dir / "config.yaml"
+    if not saved.exists():
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            raise UserError(f"{out_dir}: folder exists and is not empty; choose another --out")
+        return
+    if not resume:
+        raise UserError(f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    before = yaml.safe_load(saved.read_text())
+    changed = sorted(k for k, v in config.to_dict().items() if before.get(k) != v)
+    if changed:
+        raise UserError(f"{saved}: --resume with a different recipe ({', '.join(changed)} changed); "
+                        "use the original settings or a new --out")
+
+
+def _schedule(config: TrainConfig):
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        remaining = config.steps - config.warmup_steps
+        return max(0.0, 1.0 - (step - config.warmup_steps) / max(remaining, 1))
+
+    return factor
+
+
+def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split: str, out_dir: Path,
+          resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
+          progress: bool = True) -> Path:
+    """Meta-train and return the final HF folder."""
+    from .models import load_model_and_tokenizer, pick_device, save_model
+
+    out_dir = Path(out_dir)
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if (out_dir / "final" / "config.json").exists() and resume:
+        print(f"{out_dir}: already finished; final model in {out_dir / 'final'}")
+        return out_dir / "final"
+    _prepare_run_dir(out_dir, config, resume)
+    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    rank, world, _ = distributed.init_from_env()
+    main_rank = distributed.is_main()
+
+    torch.manual_seed(config.seed)
+    second_order = config.method == "maml" and config.inner_steps > 0
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=pick_device(device),
+                                                attn_implementation="eager" if second_order else None)
+    model.train()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=tuple(config.adam_betas),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    ensure_adam_state(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
+                           shared=optimizer, shared_params=params)
+    step_task = task_function(config.method, inner, config.inner_steps)
+    shares_moments = config.method in MAML_FAMILY and config.inner_optimizer == "shared-adam" and config.inner_steps > 0
+    tokenize = make_tokenize(tokenizer)
+    fmt = PromptFormat(config.prompt)
+
+    start_step, total_tokens = 0, 0
+    checkpoint = latest_valid(out_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, params, optimizer, scheduler)
+        start_step, total_tokens = state["step"], state["tokens"]
+    metrics_path = out_dir / "metrics.jsonl"
+    if main_rank:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+        atomic_write_text(out_dir / "run.json", json.dumps({
+            "model": model_name, "data_dir": str(data_dir), "split": split, "train_tasks": [t.name for t in tasks],
+            "device": str(next(iter(params.values())).device), "dtype": dtype, "world_size": world,
+            "command": command}, indent=1))
+        _truncate_metrics(metrics_path, start_step)
+
+    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not (progress and main_rank),
+               desc=f"train {config.method}", unit="step")
+    for step in bar:
+        started = time.perf_counter()
+        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
+                                 k=config.demonstrations, support_size=config.support_size,
+                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
+                                 use_instructions=config.method == "ict")
+        lr = scheduler.get_last_lr()[0]
+        stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
+                          shares_moments=shares_moments, inner_steps=config.inner_steps,
+                          max_grad_norm=config.max_grad_norm)
+        scheduler.step()
+
+        seconds = time.perf_counter() - started
+        total_tokens += stats["tokens"]
+        record = {"step": step + 1, "loss": stats["loss"], "grad_norm": stats["grad_norm"], "lr": lr,
+                  "tokens": stats["tokens"], "total_tokens": total_tokens, "seconds": round(seconds, 4),
+                  "tokens_per_s": round(stats["tokens"] / seconds, 1)}
+        if config.method in ("maml", "fomaml"):
+            record["query_loss"] = stats["loss"]
+        if config.method in MAML_FAMILY:
+            record["inner_loss"] = stats["inner_loss"]
+        if main_rank:
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            last = step + 1 == config.steps
+            if last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
+                save_checkpoint(out_dir, step + 1, params, optimizer, scheduler,
+                                {"tokens": total_tokens, "sampler": {"seed": config.seed, "next_step": step + 1}},
+                                keep=config.keep_checkpoints)
+        distributed.barrier()
+    bar.close()
+
+    final = out_dir / "final"
+    if main_rank:
+        save_model(model, tokenizer, final)
+        print(f"final model: {final}")
+    distributed.barrier()
+    return final
+
+
+def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimizer, pad_id: int, *,
+              shares_moments: bool, inner_steps: int, max_grad_norm: float) -> dict:
+    """One outer update: average this meta-batch's task contributions (summed across ranks), write shared-adam's
+    moments back, clip, and step the outer AdamW. Returns the step's mean loss, inner loss, tokens, grad norm."""
+    grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
+    m_sum = {n: torch.zeros_like(p) for n, p in params.items()} if shares_moments else {}
+    v_sum = {n: torch.zeros_like(p) for n, p in params.items()} if shares_moments else {}
+    stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
+    for task_episode in distributed.shard(episode):
+        result = step_task(model, params, task_episode, pad_id)
+        with torch.no_grad():
+            for name in params:
+                grad_sum[name] += result.grads[name]
+                if shares_moments:
+                    m_sum[name] += result.moments[0][name]
+                    v_sum[name] += result.moments[1][name]
+        stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
+        del result
+    distributed.all_reduce_sum_([*grad_sum.values(), *m_sum.values(), *v_sum.values(), stats])
+    n_tasks = stats[3].item()
+    if shares_moments:
+        write_shared_moments(optimizer, params, {n: t / n_tasks for n, t in m_sum.items()},
+                             {n: t / n_tasks for n, t in v_sum.items()}, inner_steps)
+    for name, p in params.items():
+        p.grad = grad_sum[name].div_(n_tasks)
+    grad_norm = _clip(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": stats[0].item() / n_tasks, "inner_loss": stats[1].item() / n_tasks,
+            "tokens": int(stats[2].item()), "grad_norm": grad_norm}
+
+
+def _clip(params: dict[str, torch.Tensor], max_norm: float) -> float:
+    values = list(params.values())
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(values, max_norm)
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in values]))
+    norm = float(norm)
+    if not math.isfinite(norm):
+        raise FloatingPointError(f"non-finite gradient norm ({norm}); lower lr/inner_lr or check the data")
+    return norm
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop lines of steps after the checkpoint (they will be recomputed identically)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
