@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
-
-DEFAULT_MODEL = "smollm2-135m"
+from .models import DEFAULT_MODEL, PACKAGED_MODELS
 METHODS = ("metaicl", "maml", "fomaml", "reptile", "ict", "multitask0")
 
 
@@ -64,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--max-per-task", type=int, default=None, help="cap each task's meta-training pool")
 
     ev = commands.add_parser("eval", help="k-shot in-context evaluation (and optional adaptation) on a split's test tasks")
-    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"HF hub id, local HF folder or packaged name (default {DEFAULT_MODEL})")
+    ev.add_argument("--model", default=DEFAULT_MODEL, help=f"HF hub id, local HF folder or packaged name: {', '.join(PACKAGED_MODELS)} (default {DEFAULT_MODEL})")
     _add_data_args(ev)
     _add_eval_args(ev)
     ev.add_argument("--tasks", type=_str_list, default=None, help="only these test tasks (comma-separated)")

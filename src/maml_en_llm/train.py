@@ -90,8 +90,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         return out_dir / "final"
     _prepare_run_dir(out_dir, config, resume)
     tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
-    rank, world, _ = distributed.init_from_env()
+    _, world, _ = distributed.init_from_env()
     main_rank = distributed.is_main()
+    distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
 
     torch.manual_seed(config.seed)
     second_order = config.method == "maml" and config.inner_steps > 0
