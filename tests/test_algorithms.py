@@ -14,7 +14,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from maml_en_llm.algorithms import (
-    InnerOptimizer, adapt, ensure_adam_state, maml_task, metaicl_task, reptile_task,
+    InnerOptimizer, adapt, ensure_adam_state, maml_task as _maml_task, metaicl_task as _metaicl_task,
+    reptile_task as _reptile_task,
 )
 from maml_en_llm.episodes import TaskEpisode
 from maml_en_llm.lm import collate, mean_loss
@@ -48,6 +49,24 @@ def model():
     return ToyLM()
 
 
+def collected(task_fn):
+    """Run a task function from zero gradients and return its contribution (what it added to .grad)."""
+
+    def run(model, params, *args, **kwargs):
+        for p in params.values():
+            p.grad = None
+        result = task_fn(model, params, *args, **kwargs)
+        result.grads = {n: p.grad.clone() for n, p in params.items()}
+        for p in params.values():
+            p.grad = None
+        return result
+
+    return run
+
+
+maml_task, metaicl_task, reptile_task = collected(_maml_task), collected(_metaicl_task), collected(_reptile_task)
+
+
 def params_of(model):
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
@@ -65,7 +84,7 @@ def episode(seed=0):
 def loss_after_adaptation(model, params, ep, inner, steps):
     """L_query(theta_i) as a plain number, theta_i computed without a graph."""
     support = collate(ep.support, PAD)
-    adapted, _, _ = adapt(model, params, support, inner, steps, differentiable=False)
+    adapted, _ = adapt(model, params, support, inner, steps, differentiable=False)
     with torch.no_grad():
         return mean_loss(model, collate(ep.query, PAD), adapted).item()
 
@@ -202,7 +221,7 @@ def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
                     for n in params}
 
     inner = InnerOptimizer("shared-adam", inner_lr, (b1, b2), eps, shared=opt, shared_params=params)
-    step_task = lambda mdl, prm, ep, pad: maml_task(mdl, prm, ep, pad, inner, 1, first_order=True)
+    step_task = lambda mdl, prm, ep, pad, moment_sums=None: _maml_task(mdl, prm, ep, pad, inner, 1, True, moment_sums)
     meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=True, inner_steps=1, max_grad_norm=0)
     for n, p in params.items():
         state = opt.state[p]

@@ -1,7 +1,9 @@
 """Where the (meta-)gradient is computed. One small function per method, over (params, one task's episode).
 
-Each `*_task` function returns that task's contribution to the outer update; the training loop averages the
-contributions over the meta-batch's tasks (and, later, across ranks) and lets the outer AdamW step.
+Each `*_task` function *adds* its task's contribution to the outer update into `param.grad` (like `backward()`
+does) and returns the losses it saw; the training loop divides the sum by the number of tasks (after summing
+across ranks) and lets the outer AdamW step. Accumulating in `.grad` instead of returning gradient dicts keeps
+one parameter-sized buffer per method rather than three.
 
 * metaicl / ict / multitask0 — gradient of the mean instance loss over the task's support+query instances
   (ict differs only in its instances, which carry the task instruction; multitask0 in k = 0).
@@ -35,20 +37,61 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .episodes import TaskEpisode
 from .lm import collate, mean_loss
 
 Params = dict[str, torch.Tensor]
+MomentSums = tuple[Params, Params]  # running sums over tasks of each task's final (m, v), for shared-adam
 
 
 @dataclass
 class TaskResult:
-    grads: Params  # this task's contribution to the outer "gradient"
-    loss: float  # the loss the outer update optimises (query loss for the MAML family)
+    loss: float  # the loss the outer update optimises (query loss for maml/fomaml)
     tokens: int  # real tokens of the task's sampled instances (support + query): the unit of budgets
     inner_loss: float | None = None  # support loss before adaptation (MAML family)
-    moments: tuple[Params, Params] | None = None  # shared-adam: the task's updated (m, v)
+
+
+class _AdamStep(torch.autograd.Function):
+    """One elementwise Adam update with a hand-written backward:
+
+        m' = b1 m + (1 - b1) g,   v' = b2 v + (1 - b2) g^2,   p' = p - c m' / (sqrt(v') / s + eps)
+
+    with c = lr / (1 - b1^t), s = sqrt(1 - b2^t). Autograd would keep about five parameter-sized intermediates
+    per tensor in the second-order graph; this keeps only its inputs and recomputes m', v' in backward. The
+    backward itself is not differentiable, which is never needed: the meta-gradient is a first derivative of
+    the query loss. Where v' = 0 (g = v = 0, e.g. embedding rows of unseen tokens at a fresh optimizer) the
+    derivative through sqrt(v') is taken as 0 instead of 0 * inf."""
+
+    @staticmethod
+    def forward(ctx, p, g, m, v, c: float, s: float, b1: float, b2: float, eps: float):
+        m_new = torch.lerp(g, m, b1)
+        v_new = torch.lerp(g * g, v, b2)
+        p_new = torch.addcdiv(p, m_new, v_new.sqrt().div_(s).add_(eps), value=-c)
+        ctx.save_for_backward(g, m, v)
+        ctx.constants = (c, s, b1, b2, eps)
+        ctx.set_materialize_grads(False)
+        return p_new, m_new, v_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_p, grad_m_new, grad_v_new):
+        g, m, v = ctx.saved_tensors
+        c, s, b1, b2, eps = ctx.constants
+        m_new = torch.lerp(g, m, b1)
+        root = torch.lerp(g * g, v, b2).sqrt_()
+        denom = root / s + eps
+        total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
+        total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
+        if grad_p is not None:
+            total_m -= c * grad_p / denom
+            inverse_root = torch.where(root > 0, root.reciprocal(), torch.zeros_like(root))
+            total_v += grad_p * (c / (2 * s)) * m_new * inverse_root / (denom * denom)
+        grad_g = (1 - b1) * total_m + (2 * (1 - b2)) * g * total_v
+        need = ctx.needs_input_grad
+        return (grad_p if need[0] else None, grad_g, b1 * total_m if need[2] else None,
+                b2 * total_v if need[3] else None, None, None, None, None, None)
 
 
 @dataclass
@@ -63,7 +106,7 @@ class InnerOptimizer:
     shared_params: dict[str, torch.Tensor] = field(default_factory=dict)  # ... keyed by these parameters' names
 
     def start(self, params: Params):
-        """The state one task's inner loop starts from."""
+        """The state one task's inner loop starts from: None (sgd) or (m, v, step) per parameter name."""
         if self.kind == "sgd":
             return None
         if self.kind == "adam":
@@ -75,33 +118,32 @@ class InnerOptimizer:
             m[name], v[name], t[name] = state["exp_avg"], state["exp_avg_sq"], int(state["step"])
         return m, v, t
 
-    def step(self, params: Params, grads: Params, state, differentiable: bool):
-        """One inner update. With `differentiable`, the result keeps the graph to params and grads."""
-        if not differentiable:
-            grads = {n: g.detach() for n, g in grads.items()}
-        if self.kind == "sgd":
-            return {n: p - self.lr * grads[n] for n, p in params.items()}, None
-        m, v, t = state
-        beta1, beta2 = self.betas
+    def step(self, params: Params, grads: Params, state, differentiable: bool, moment_sums: MomentSums | None = None):
+        """One inner update. With `differentiable`, the result keeps the graph to params and grads. Gradients
+        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies.
+        With `moment_sums` (the last inner step of shared-adam) the new moments are added to the sums and not
+        kept."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
-        for name, p in params.items():
-            g = grads[name]
-            new_t[name] = t[name] + 1
-            new_m[name] = beta1 * m[name] + (1 - beta1) * g
-            new_v[name] = beta2 * v[name] + (1 - beta2) * g * g
-            bias1 = 1 - beta1 ** new_t[name]
-            bias2 = 1 - beta2 ** new_t[name]
-            denom = _sqrt(new_v[name], differentiable) / math.sqrt(bias2) + self.eps
-            new_params[name] = p - (self.lr / bias1) * new_m[name] / denom
-        return new_params, (new_m, new_v, new_t)
-
-
-def _sqrt(x: torch.Tensor, differentiable: bool) -> torch.Tensor:
-    """sqrt whose second-order graph stays finite where x == 0 (embedding rows of unseen tokens have g = 0)."""
-    if not differentiable:
-        return x.sqrt()
-    positive = x > 0
-    return torch.where(positive, x, torch.ones_like(x)).sqrt() * positive
+        for name in list(params):
+            p, g = params[name], grads.pop(name)
+            if not differentiable:
+                g = g.detach()
+            if self.kind == "sgd":
+                new_params[name] = p - self.lr * g
+                continue
+            m, v, t = state[0][name], state[1][name], state[2][name] + 1
+            beta1, beta2 = self.betas
+            step_size = self.lr / (1 - beta1 ** t)
+            root_bias = math.sqrt(1 - beta2 ** t)
+            p_new, m_new, v_new = _AdamStep.apply(p, g, m, v, step_size, root_bias, beta1, beta2, self.eps)
+            new_params[name] = p_new
+            if moment_sums is not None:
+                moment_sums[0][name] += m_new.detach()
+                moment_sums[1][name] += v_new.detach()
+            else:
+                new_m[name], new_v[name], new_t[name] = m_new, v_new, t
+            del m_new, v_new
+        return new_params, (None if self.kind == "sgd" else (new_m, new_v, new_t))
 
 
 def ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -116,15 +158,15 @@ def ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def write_shared_moments(optimizer: torch.optim.Optimizer, params: Params, mean_m: Params, mean_v: Params,
+def write_shared_moments(optimizer: torch.optim.Optimizer, params: Params, moment_sums: MomentSums, n_tasks: float,
                          inner_steps: int) -> None:
     """shared-adam's write-back: the outer state takes the tasks' mean moments; its step advances by
     inner_steps."""
     with torch.no_grad():
         for name, p in params.items():
             state = optimizer.state[p]
-            state["exp_avg"].copy_(mean_m[name])
-            state["exp_avg_sq"].copy_(mean_v[name])
+            torch.div(moment_sums[0][name], n_tasks, out=state["exp_avg"])
+            torch.div(moment_sums[1][name], n_tasks, out=state["exp_avg_sq"])
             state["step"] += inner_steps
 
 
@@ -133,63 +175,74 @@ def _grad(loss: torch.Tensor, params: Params, create_graph: bool = False) -> Par
     return dict(zip(params.keys(), grads))
 
 
-def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int) -> TaskResult:
-    """MetaICL (and ict, multitask0): the plain gradient of the mean loss over all the task's instances."""
-    batch = collate(episode.support + episode.query, pad_id).to(_device(params))
-    loss = mean_loss(model, batch)
-    return TaskResult(_grad(loss, params), loss.item(), batch.num_tokens)
+def _accumulate(params: Params, contribution: Params) -> None:
+    """param.grad += contribution, consuming the contribution dict as it goes."""
+    with torch.no_grad():
+        for name in list(contribution):
+            value = contribution.pop(name)
+            p = params[name]
+            if p.grad is None:
+                p.grad = value.detach().clone()
+            else:
+                p.grad += value
 
 
-def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, differentiable: bool):
-    """theta_i: `steps` inner updates on `batch`. Returns (adapted params, first support loss, final state)."""
+def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, differentiable: bool,
+          moment_sums: MomentSums | None = None):
+    """theta_i: `steps` inner updates on `batch`. Returns (adapted params, support loss before adapting)."""
     state = inner.start(params)
     adapted, first_loss = params, None
-    for _ in range(steps):
+    for index in range(steps):
         loss = mean_loss(model, batch, adapted)
         first_loss = loss.item() if first_loss is None else first_loss
         grads = _grad(loss, adapted, create_graph=differentiable)
+        del loss
+        sums = moment_sums if index == steps - 1 else None
         if differentiable:
-            adapted, state = inner.step(adapted, grads, state, differentiable=True)
+            adapted, state = inner.step(adapted, grads, state, differentiable=True, moment_sums=sums)
         else:
             with torch.no_grad():
-                adapted, state = inner.step(adapted, grads, state, differentiable=False)
+                adapted, state = inner.step(adapted, grads, state, differentiable=False, moment_sums=sums)
             adapted = {n: p.requires_grad_() for n, p in adapted.items()}
-    return adapted, first_loss, state
+    return adapted, first_loss
+
+
+def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int, moment_sums=None) -> TaskResult:
+    """MetaICL (and ict, multitask0): the plain gradient of the mean loss over all the task's instances."""
+    batch = collate(episode.support + episode.query, pad_id).to(_device(params))
+    loss = mean_loss(model, batch)
+    loss.backward()
+    return TaskResult(loss.item(), batch.num_tokens)
 
 
 def maml_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: InnerOptimizer, inner_steps: int,
-              first_order: bool) -> TaskResult:
+              first_order: bool, moment_sums: MomentSums | None = None) -> TaskResult:
     """MAML-en-LLM (second order) or FOMAML: the query-loss gradient after adapting on the support batch."""
     device = _device(params)
     support = collate(episode.support, pad_id).to(device)
     query = collate(episode.query, pad_id).to(device)
-    adapted, inner_loss, state = adapt(model, params, support, inner, inner_steps, differentiable=not first_order)
+    adapted, inner_loss = adapt(model, params, support, inner, inner_steps, differentiable=not first_order,
+                                moment_sums=moment_sums)
     if first_order:
         at = {n: p.detach().requires_grad_() for n, p in adapted.items()}
+        del adapted
         query_loss = mean_loss(model, query, at)
-        grads = _grad(query_loss, at)
+        _accumulate(params, _grad(query_loss, at))
     else:
         query_loss = mean_loss(model, query, adapted)
-        grads = _grad(query_loss, params)
-    return TaskResult(grads, query_loss.item(), support.num_tokens + query.num_tokens, inner_loss,
-                      _detached_moments(state))
+        query_loss.backward(inputs=list(params.values()))
+    return TaskResult(query_loss.item(), support.num_tokens + query.num_tokens, inner_loss)
 
 
 def reptile_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: InnerOptimizer,
-                 inner_steps: int) -> TaskResult:
+                 inner_steps: int, moment_sums: MomentSums | None = None) -> TaskResult:
     """Reptile: the pseudo-gradient theta - theta_i after inner_steps first-order updates on all instances."""
     batch = collate(episode.support + episode.query, pad_id).to(_device(params))
-    adapted, inner_loss, state = adapt(model, params, batch, inner, inner_steps, differentiable=False)
+    adapted, inner_loss = adapt(model, params, batch, inner, inner_steps, differentiable=False,
+                                moment_sums=moment_sums)
     with torch.no_grad():
-        pseudo = {n: params[n].detach() - adapted[n].detach() for n in params}
-    return TaskResult(pseudo, inner_loss, batch.num_tokens, inner_loss, _detached_moments(state))
-
-
-def _detached_moments(state):
-    if state is None:
-        return None
-    m, v, _ = state
-    return {n: t.detach() for n, t in m.items()}, {n: t.detach() for n, t in v.items()}
+        _accumulate(params, {n: params[n].detach() - adapted.pop(n).detach() for n in list(adapted)})
+    return TaskResult(inner_loss, batch.num_tokens, inner_loss)
 
 
 def _device(params: Params) -> torch.device:
@@ -197,13 +250,15 @@ def _device(params: Params) -> torch.device:
 
 
 def task_function(method: str, inner: InnerOptimizer, inner_steps: int) -> Callable[..., TaskResult]:
-    """The per-task function of a method, with its inner-loop settings bound: f(model, params, episode, pad_id)."""
+    """The per-task function of a method with its inner-loop settings bound:
+    f(model, params, episode, pad_id, moment_sums=None) -> TaskResult, contribution added to param.grad."""
     if method in ("metaicl", "ict", "multitask0"):
         return metaicl_task
     if method in ("maml", "fomaml"):
         first_order = method == "fomaml"
-        return lambda model, params, episode, pad_id: maml_task(model, params, episode, pad_id, inner, inner_steps,
-                                                                first_order)
+        return lambda model, params, episode, pad_id, moment_sums=None: maml_task(
+            model, params, episode, pad_id, inner, inner_steps, first_order, moment_sums)
     if method == "reptile":
-        return lambda model, params, episode, pad_id: reptile_task(model, params, episode, pad_id, inner, inner_steps)
+        return lambda model, params, episode, pad_id, moment_sums=None: reptile_task(
+            model, params, episode, pad_id, inner, inner_steps, moment_sums)
     raise ValueError(f"unknown method {method!r}")

@@ -171,29 +171,29 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
 
 def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimizer, pad_id: int, *,
               shares_moments: bool, inner_steps: int, max_grad_norm: float) -> dict:
-    """One outer update: average this meta-batch's task contributions (summed across ranks), write shared-adam's
-    moments back, clip, and step the outer AdamW. Returns the step's mean loss, inner loss, tokens, grad norm."""
-    grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
-    m_sum = {n: torch.zeros_like(p) for n, p in params.items()} if shares_moments else {}
-    v_sum = {n: torch.zeros_like(p) for n, p in params.items()} if shares_moments else {}
+    """One outer update: sum this rank's task contributions in `.grad` (and shared-adam's task moments), sum
+    across ranks, average over the meta-batch's tasks, write the shared moments back, clip, step the outer
+    AdamW. Returns the step's mean loss, mean inner loss, tokens and gradient norm."""
+    optimizer.zero_grad(set_to_none=True)
+    moment_sums = None
+    if shares_moments:
+        moment_sums = ({n: torch.zeros_like(p) for n, p in params.items()},
+                       {n: torch.zeros_like(p) for n, p in params.items()})
     stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
     for task_episode in distributed.shard(episode):
-        result = step_task(model, params, task_episode, pad_id)
-        with torch.no_grad():
-            for name in params:
-                grad_sum[name] += result.grads[name]
-                if shares_moments:
-                    m_sum[name] += result.moments[0][name]
-                    v_sum[name] += result.moments[1][name]
+        result = step_task(model, params, task_episode, pad_id, moment_sums=moment_sums)
         stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
-        del result
-    distributed.all_reduce_sum_([*grad_sum.values(), *m_sum.values(), *v_sum.values(), stats])
+    for p in params.values():
+        if p.grad is None:  # a rank with no task this step still takes part in the sum
+            p.grad = torch.zeros_like(p)
+    sums = [*moment_sums[0].values(), *moment_sums[1].values()] if shares_moments else []
+    distributed.all_reduce_sum_([*(p.grad for p in params.values()), *sums, stats])
     n_tasks = stats[3].item()
     if shares_moments:
-        write_shared_moments(optimizer, params, {n: t / n_tasks for n, t in m_sum.items()},
-                             {n: t / n_tasks for n, t in v_sum.items()}, inner_steps)
-    for name, p in params.items():
-        p.grad = grad_sum[name].div_(n_tasks)
+        write_shared_moments(optimizer, params, moment_sums, n_tasks, inner_steps)
+        del moment_sums, sums
+    for p in params.values():
+        p.grad.div_(n_tasks)
     grad_norm = _clip(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
