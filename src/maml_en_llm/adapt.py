@@ -1,0 +1,78 @@
+"""Test-time adaptation: fine-tune a copy of the model on one seed's k demonstrations, then evaluate it in context.
+
+Each demonstration is the target once, with the other k-1 (in file order) as its context, exactly as a MetaICL
+training instance (`prompts.training_sequence`). One step is one batch of all k instances under `lm.mean_loss`,
+gradient norm clipped to 1.0. The caller's model is never touched: the copy is made before anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+
+from .lm import Batch, TokenSequence, collate, mean_loss
+from .prompts import PromptFormat, Tokenize, make_tokenize, training_sequence
+from .scoring import pad_id_of
+from .tasks import Example
+
+OPTIMIZERS = ("sgd", "adam")
+MAX_GRAD_NORM = 1.0
+
+
+def adaptation_sequences(tokenize: Tokenize, demonstrations: Sequence[Example], fmt: PromptFormat) -> list[TokenSequence]:
+    """k training instances: demonstration i as target after the other k-1 in their order."""
+    demonstrations = list(demonstrations)
+    return [training_sequence(tokenize, demonstrations[:i] + demonstrations[i + 1:], target, fmt)
+            for i, target in enumerate(demonstrations)]
+
+
+def adaptation_batch(model: torch.nn.Module, tokenizer, demonstrations: Sequence[Example], fmt: PromptFormat,
+                     tokenize: Tokenize | None = None) -> Batch:
+    if not demonstrations:
+        raise ValueError("adaptation needs at least one demonstration (k >= 1)")
+    sequences = adaptation_sequences(tokenize or make_tokenize(tokenizer), demonstrations, fmt)
+    return collate(sequences, pad_id_of(tokenizer)).to(next(model.parameters()).device)
+
+
+def demonstration_loss(model: torch.nn.Module, tokenizer, demonstrations: Sequence[Example], fmt: PromptFormat,
+                       *, tokenize: Tokenize | None = None) -> float:
+    """The adaptation loss of `model` on these demonstrations, without gradients (eval mode)."""
+    batch = adaptation_batch(model, tokenizer, demonstrations, fmt, tokenize)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return float(mean_loss(model, batch))
+    finally:
+        model.train(was_training)
+
+
+def adapt(model: torch.nn.Module, tokenizer, demonstrations: Sequence[Example], fmt: PromptFormat, steps: int,
+          lr: float, optimizer: str, *, tokenize: Tokenize | None = None) -> torch.nn.Module:
+    """A copy of `model` fine-tuned for `steps` full-batch steps on the demonstrations; returned in eval mode.
+
+    `optimizer`: "sgd" (plain) or "adam" (AdamW, weight decay 0). Seed torch beforehand for reproducible runs
+    (dropout, if the model has any, is the only randomness)."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    batch = adaptation_batch(model, tokenizer, demonstrations, fmt, tokenize)
+    adapted = copy.deepcopy(model)  # deepcopy keeps tied weights tied
+    adapted.requires_grad_(True)
+    adapted.train()
+    params = list(adapted.parameters())
+    if optimizer == "adam":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    else:
+        opt = torch.optim.SGD(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        mean_loss(adapted, batch).backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    adapted.eval()
+    return adapted

@@ -1,0 +1,555 @@
+"""`maml-en-llm compare`: train several methods from one base model on one budget, evaluate all, tabulate, plot.
+
+    DIR/runs/<method>-<hash8>/      one training run each (train.py's layout); the hash covers the model, data
+                                    dir, split, dtype, the resolved recipe and the method
+    DIR/evals/<name>-<hash8>.json   one evaluation each; the hash covers the model (or run) and every eval setting
+    DIR/compare.json                everything: config, budget, per method/task/seed numbers, CIs, tests, times
+    DIR/compare.md                  the paper-style table, "mean (worst)" per cell, and the paired tests
+    DIR/compare.png                 bars with 95% CIs (a line plot over the field values with --sweep)
+
+Every input is checked before anything is written. Finished runs and cached evaluations are reused, a partial
+run resumes from its last checkpoint, so re-running a killed compare continues where it stopped and re-running a
+finished one trains and evaluates nothing. docs/compare.md explains budgets, caching and the statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import METHODS, TrainConfig, make_config, parse_overrides
+from .errors import UserError
+from .evaluate import check_eval_settings, evaluate_model, load_eval_data
+from .metrics import mean_ci95, paired_test, result_cells
+from .paths import atomic_write_text, default_data_dir
+from .tasks import Split
+from .train import load_training_tasks, train
+
+BASE = "none"  # the base model, evaluated without training
+SCHEMA = 1  # bump when a cached evaluation's content changes meaning
+SUBSETS = ("all", "unseen_domain")
+BLOCKS = ("icl", "adapted")
+SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
+BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted"}
+# Recipe fields that compare's own flags set for every method, so a key=value would silently split train and eval.
+SET_BY_FLAGS = {"method": "--methods", "k": "--k (it sets the training and the evaluation k)",
+                "prompt": "--method (it sets the training and the evaluation direction)"}
+RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+@dataclass
+class Row:
+    """One line of the table: the base model, one method, or one value of the swept field."""
+    label: str
+    method: str  # "none" or a training method
+    config: TrainConfig | None = None
+    sweep_value: str | None = None
+    run_name: str | None = None  # "<method>-<hash8>"
+    eval_name: str | None = None  # "<label>-<hash8>"
+    eval_key: dict | None = None
+
+
+@dataclass
+class Plan:
+    """Everything a compare will do, resolved and checked before any file is written."""
+    out: Path
+    model: str
+    model_id: str  # what identifies the base model in hashes (absolute path for a folder)
+    data_dir: Path
+    split: Split
+    split_spec: str
+    rows: list[Row]
+    budget: dict
+    recipe: dict  # the shared recipe (before the method, budget and sweep value are applied)
+    sweep: dict | None
+    eval_settings: dict
+    device: str | None
+    dtype: str
+    command: str
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _clean(value):
+    """NaN/inf -> None, recursively, so compare.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- planning (no writes)
+
+
+def parse_methods(methods: list[str]) -> list[str]:
+    if not methods:
+        raise UserError("--methods is empty; give e.g. none,metaicl,maml")
+    known = (BASE, *METHODS)
+    unknown = [m for m in methods if m not in known]
+    if unknown:
+        raise UserError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(known)}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise UserError(f"--methods repeats {', '.join(repeated)}; name each method once")
+    return list(methods)
+
+
+def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple[str, list[str]]:
+    """`FIELD=v1,v2,...` -> (field, raw values); the values themselves are checked by `make_config` later."""
+    if "=" not in text:
+        raise UserError(f"--sweep {text!r}: expected FIELD=v1,v2,... (e.g. inner_steps=1,2,4)")
+    field, raw = (part.strip() for part in text.split("=", 1))
+    if field not in RECIPE_FIELDS:
+        raise UserError(f"--sweep {field}: not a recipe field; choose one of {', '.join(RECIPE_FIELDS)}")
+    if field == "method":
+        raise UserError("--sweep method: compare methods with --methods instead")
+    if field == "adam_betas":
+        raise UserError("--sweep adam_betas: list-valued fields cannot be swept; run one compare per value")
+    if field == "steps" and budget_flag:
+        raise UserError(f"--sweep steps: conflicts with {budget_flag}, which fixes the budget; drop one of them")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not values:
+        raise UserError(f"--sweep {field}=: no values; give e.g. {field}=1,2,4")
+    if len(set(values)) != len(values):
+        raise UserError(f"--sweep {field}: repeats a value in {values}; give each value once")
+    trained = [m for m in methods if m != BASE]
+    if len(trained) != 1:
+        raise UserError(f"--sweep needs exactly one trained method in --methods (plus optionally none), got "
+                        f"{', '.join(trained) or 'none'}")
+    return field, values
+
+
+def steps_for_tokens(config: TrainConfig, tasks, tokenize, tokens: int) -> tuple[int, int]:
+    """The fewest meta-steps whose episodes hold >= `tokens` real tokens, and that token count.
+
+    Tokenization only: the same episodes, tokens and count (len(context) + len(target) of every support and query
+    instance) that the train loop logs as `tokens`."""
+    from .episodes import sample_episode
+    from .prompts import PromptFormat
+
+    fmt = PromptFormat(config.prompt)
+    step, total = 0, 0
+    while total < tokens:
+        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
+                                 k=config.demonstrations, support_size=config.support_size,
+                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
+                                 use_instructions=config.method == "ict")
+        total += sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
+        step += 1
+    return step, total
+
+
+def _model_id(model: str) -> str:
+    from .models import PACKAGED_MODELS
+
+    path = Path(model).expanduser()
+    return str(path.resolve()) if model not in PACKAGED_MODELS and path.is_dir() else model
+
+
+def plan_compare(args, command_line: str) -> Plan:
+    """Resolve and check every input (methods, sweep, budget, recipe, data, eval settings); write nothing."""
+    methods = parse_methods(args.methods)
+    if args.steps is not None and args.tokens is not None:
+        raise UserError("--steps and --tokens both given; equalise one budget: meta-steps or training tokens")
+    budget_flag = "--steps" if args.steps is not None else "--tokens" if args.tokens is not None else None
+    for flag, value in (("--steps", args.steps), ("--tokens", args.tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    sweep = parse_sweep(args.sweep, methods, budget_flag) if args.sweep else None
+    overrides = parse_overrides(args.overrides)
+    for key, flag in SET_BY_FLAGS.items():
+        if key in overrides:
+            raise UserError(f"{key}={overrides[key]}: compare sets {key} for every method; use {flag}")
+    if "steps" in overrides and budget_flag:
+        raise UserError(f"steps={overrides['steps']}: conflicts with {budget_flag}; drop one of them")
+    if sweep and sweep[0] in overrides:
+        raise UserError(f"{sweep[0]}={overrides[sweep[0]]}: the field is also swept by --sweep; drop one of them")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for runs and compare.json/.md/.png")
+
+    data_dir = Path(args.data_dir if args.data_dir is not None else default_data_dir()).expanduser().absolute()
+    check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer)
+    eval_data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test)  # checks every test file
+    split = eval_data.split
+
+    fixed = {"k": args.k, "prompt": args.method}
+    if args.steps is not None:
+        fixed["steps"] = args.steps
+    shared = make_config(args.config, overrides, **fixed)
+    trained = [m for m in methods if m != BASE]
+    variants: list[tuple[str, str, str | None, dict]] = []  # (label, method, sweep value, extra overrides)
+    for method in methods:
+        if method == BASE:
+            variants.append((BASE, BASE, None, {}))
+        elif sweep:
+            field, values = sweep
+            variants += [(f"{field}={value}", method, value, {field: yaml.safe_load(value)}) for value in values]
+        else:
+            variants.append((method, method, None, {}))
+
+    model_id = _model_id(args.model)
+    tokenize, pools = None, {}
+    rows = []
+    for label, method, value, extra in variants:
+        row = Row(label, method, sweep_value=value)
+        if method != BASE:
+            try:
+                config = make_config(args.config, {**overrides, **extra}, **fixed, method=method)
+            except UserError as err:
+                raise UserError(f"--sweep {label}: {err}" if value is not None else str(err)) from None
+            key = (config.max_examples_per_task, config.method == "ict", config.demonstrations,
+                   config.support_size, config.query_size)
+            if key not in pools:  # data problems surface here, before any training
+                pools[key] = load_training_tasks(config, data_dir, args.split)
+            if args.tokens is not None:
+                if tokenize is None:
+                    from .models import load_tokenizer
+                    from .prompts import make_tokenize
+
+                    tokenize = make_tokenize(load_tokenizer(args.model))
+                steps, _ = steps_for_tokens(config, pools[key], tokenize, args.tokens)
+                config = dataclasses.replace(config, steps=steps)
+            row.config = config
+            identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,
+                        "train": list(split.train)}, "dtype": args.dtype, "method": method,
+                        "recipe": config.to_dict()}
+            row.run_name = f"{method}-{_digest(identity)}"
+        rows.append(row)
+
+    eval_settings = {"k": args.k, "seeds": list(args.seeds), "method": args.method, "max_test": args.max_test,
+                     "batch_size": args.batch_size, "adapt_steps": args.adapt_steps,
+                     "adapt_lr": args.adapt_lr if args.adapt_steps else None,
+                     "adapt_optimizer": args.adapt_optimizer if args.adapt_steps else None, "dtype": args.dtype}
+    for row in rows:
+        row.eval_key = {"schema": SCHEMA, "model": row.run_name or model_id, "data_dir": str(data_dir),
+                        "split": {"name": split.name, "test": list(split.test),
+                                  "unseen_domain_test": list(split.unseen_domain_test)}, **eval_settings}
+        row.eval_name = f"{row.run_name or BASE}-{_digest(row.eval_key)}"
+
+    if args.tokens is not None:
+        budget = {"equalised": "tokens", "tokens": args.tokens, "source": "--tokens",
+                  "note": "each method trains the fewest meta-steps whose episodes reach the token budget"}
+    else:
+        budget = {"equalised": "steps", "steps": shared.steps, "source": "--steps" if args.steps else "recipe",
+                  "note": "every method trains the same number of meta-steps"}
+    return Plan(out=out, model=args.model, model_id=model_id, data_dir=data_dir, split=split,
+                split_spec=args.split, rows=rows, budget=budget, recipe=shared.to_dict(),
+                sweep={"field": sweep[0], "values": sweep[1]} if sweep else None, eval_settings=eval_settings,
+                device=args.device, dtype=args.dtype, command=command_line)
+
+
+# ---------------------------------------------------------------- training and evaluation (cached)
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_row(plan: Plan, row: Row, position: str) -> dict:
+    """Train (or resume, or reuse) one row's run; return steps, tokens and times read back from the run."""
+    run_dir = plan.out / "runs" / row.run_name
+    timing_path = run_dir / "compare_timing.json"
+    if (run_dir / "final" / "config.json").exists():
+        print(f"== training {row.label} ({position}): done already, reusing {run_dir}", flush=True)
+    else:
+        state = "resuming" if (run_dir / "config.yaml").exists() else "training"
+        print(f"== {state} {row.label} ({position}): {row.config.steps} meta-steps into {run_dir}", flush=True)
+        started = time.perf_counter()
+        train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
+              resume=True, device=plan.device, dtype=plan.dtype, command=plan.command)
+        seconds = time.perf_counter() - started
+        before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
+        atomic_write_text(timing_path, json.dumps({"wall_seconds": round(before + seconds, 2)}) + "\n")
+    metrics = _read_metrics(run_dir)
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    return {"run": str(Path("runs") / row.run_name), "steps": metrics[-1]["step"] if metrics else 0,
+            "tokens": metrics[-1]["total_tokens"] if metrics else 0,
+            "step_seconds": round(sum(m["seconds"] for m in metrics), 2),
+            "wall_seconds": timing.get("wall_seconds")}
+
+
+def evaluate_row(plan: Plan, row: Row, position: str) -> dict:
+    """The row's cached evaluation, or evaluate (in context and, with --adapt-steps, adapted) and cache it."""
+    path = plan.out / "evals" / f"{row.eval_name}.json"
+    if path.exists():
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == row.eval_key:
+                print(f"== evaluating {row.label} ({position}): cached in {path}", flush=True)
+                return cached
+        except ValueError:
+            pass  # unreadable: evaluate again
+    from .models import load_model_and_tokenizer, pick_device
+
+    source = str(plan.out / "runs" / row.run_name / "final") if row.run_name else plan.model
+    print(f"== evaluating {row.label} ({position}): {source}", flush=True)
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(source, dtype=plan.dtype, device=pick_device(plan.device))
+    model.eval()
+    s = plan.eval_settings
+    result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=s["k"], seeds=s["seeds"],
+                            method=s["method"], max_test=s["max_test"], batch_size=s["batch_size"],
+                            adapt_steps=s["adapt_steps"], adapt_lr=s["adapt_lr"] or 1e-5,
+                            adapt_optimizer=s["adapt_optimizer"] or "adam")
+    del model
+    cached = {"key": row.eval_key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
+              "result": result}
+    atomic_write_text(path, json.dumps(_clean(cached), indent=1) + "\n")
+    return cached
+
+
+# ---------------------------------------------------------------- statistics (pure)
+
+
+def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | None:
+    """"mean (worst)" over seeds of the task-average, and the 95% CI over the task x seed cells."""
+    if not tasks:
+        return None
+    per_seed = {str(s): sum(block["tasks"][t]["per_seed"][str(s)] for t in tasks) / len(tasks) for s in seeds}
+    cells = [block["tasks"][t]["per_seed"][str(s)] for t in tasks for s in seeds]
+    mean, low, high = mean_ci95(cells)
+    return {"mean": sum(per_seed.values()) / len(per_seed), "worst": min(per_seed.values()),
+            "per_seed_average": per_seed, "ci95": [low, high], "n_cells": len(cells), "n_tasks": len(tasks)}
+
+
+def _cells(block: dict, tasks: list[str]) -> dict:
+    return {cell: value for cell, value in result_cells(block).items() if cell[0] in tasks}
+
+
+def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
+    """Paired tests over task x seed cells. Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
+    method) against every other row, MetaICL first (the headline); with a sweep: every value against the first."""
+    by_label = {row["label"]: row for row in rows}
+    if sweep:
+        trained = [row["label"] for row in rows if row["method"] != BASE]
+        pairs = [(label, trained[0]) for label in trained[1:]]
+        headline = None
+    else:
+        labels = list(by_label)
+        reference = next((m for m in ("maml", "fomaml") if m in by_label),
+                         next((m for m in labels if m != BASE), None))
+        others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
+        pairs = [(reference, other) for other in others] if reference else []
+        headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in by_label else None
+    tasks = {"all": list(split.test), "unseen_domain": list(split.unseen_domain_test)}
+    tests, headline_test = [], None
+    for a, b in pairs:
+        for block in BLOCKS:
+            if by_label[a].get(block) is None or by_label[b].get(block) is None:
+                continue
+            for subset in SUBSETS:
+                if not tasks[subset]:
+                    continue
+                result = paired_test(_cells(by_label[a]["eval"][block], tasks[subset]),
+                                     _cells(by_label[b]["eval"][block], tasks[subset]))
+                p = result["p_value_t"]
+                test = {"a": a, "b": b, "block": block, "subset": subset, **result,
+                        "significant_at_0.05": bool(p < 0.05) if math.isfinite(p) else None}
+                tests.append(test)
+                if (a, b) == headline and block == "icl" and subset == "all":
+                    headline_test = test
+    return tests, headline_test
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _cell_text(summary: dict | None) -> str:
+    return "-" if summary is None else f"{summary['mean']:.1f} ({summary['worst']:.1f})"
+
+
+def _ci_text(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    low, high = summary["ci95"]
+    return "-" if low is None or not math.isfinite(low) else f"[{low:.1f}, {high:.1f}]"
+
+
+def _test_text(test: dict) -> str:
+    low, high = test["ci95"]
+    ci = "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]"
+    p_t, p_w = test["p_value_t"], test["p_value_wilcoxon"]
+    verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
+               "significant at 0.05" if test["significant_at_0.05"] else "not significant at 0.05")
+    fmt = lambda p: "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"  # noqa: E731
+    return (f"{test['a']} - {test['b']} ({BLOCK_TITLES[test['block']]}, {SUBSET_TITLES[test['subset']]}): "
+            f"mean diff {test['mean_diff']:+.2f}, 95% CI {ci}, paired t p={fmt(p_t)}, Wilcoxon p={fmt(p_w)}, "
+            f"n={test['n']} cells: {verdict}")
+
+
+def format_markdown(report: dict) -> str:
+    blocks = [b for b in BLOCKS if any(row.get(b) for row in report["rows"])]
+    columns = [(b, s) for b in blocks for s in SUBSETS]
+    first = report["sweep"]["field"] if report["sweep"] else "method"
+    budget = report["budget"]
+    budget_line = (f"equal training tokens: {budget['tokens']} per method (meta-steps derived per method)"
+                   if budget["equalised"] == "tokens" else
+                   f"equal meta-steps: {budget['steps']} per method (from {budget['source']})")
+    s = report["eval"]
+    lines = [f"# compare: {report['model']} on {report['split']['name']}", "",
+             f"- budget: {budget_line}",
+             f"- evaluation: k={s['k']}, {s['method']}, seeds {', '.join(map(str, s['seeds']))}, "
+             f"max test {s['max_test'] or 'all'}" + (f", adapted: {s['adapt_steps']} steps {s['adapt_optimizer']} "
+                                                     f"lr {s['adapt_lr']:g}" if s["adapt_steps"] else ""),
+             f"- test tasks: {len(report['split']['test'])} ({len(report['split']['unseen_domain_test'])} unseen "
+             "domain); cell = mean (worst) over seeds of the task-average, in percent", "",
+             "| " + " | ".join([first, "steps", "tokens", "train s"]
+                               + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
+             "|" + "---|" * (4 + len(columns))]
+    for row in report["rows"]:
+        train = row.get("train") or {}
+        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        seconds = train.get("wall_seconds") or train.get("step_seconds")
+        lines.append("| " + " | ".join([name, str(train.get("steps", 0)), str(train.get("tokens", 0)),
+                                        f"{seconds:.0f}" if seconds else "-"]
+                                       + [_cell_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
+    lines += ["", "95% confidence intervals of the mean over task x seed cells:", "",
+              "| " + " | ".join([first] + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
+              "|" + "---|" * (1 + len(columns))]
+    for row in report["rows"]:
+        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        lines.append("| " + " | ".join([name] + [_ci_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
+    tests = [t for t in report["paired_tests"] if t["subset"] == "all" or t["n"] >= 2]
+    if tests:
+        lines += ["", "Paired tests over task x seed cells (difference a - b):", ""]
+        lines += [f"- {_test_text(t)}" for t in tests]
+    if report["headline"]:
+        lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """compare.png: bars per method (all / unseen domain) with 95% CI error bars, ICL and adapted side by side;
+    with a sweep, the metric over the field's values with CI bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    blocks = [b for b in BLOCKS if any(row.get(b) for row in rows)]
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.5 * len(blocks), 4.2), squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        if report["sweep"]:
+            swept = [row for row in rows if row["method"] != BASE]
+            xs = list(range(len(swept)))
+            for subset, style in zip(SUBSETS, ("-o", "--s")):
+                summaries = [(row.get(block) or {}).get(subset) for row in swept]
+                if any(s is None for s in summaries):
+                    continue
+                means = [s["mean"] for s in summaries]
+                lows = [s["ci95"][0] if s["ci95"][0] is not None else s["mean"] for s in summaries]
+                highs = [s["ci95"][1] if s["ci95"][1] is not None else s["mean"] for s in summaries]
+                line, = ax.plot(xs, means, style, label=SUBSET_TITLES[subset])
+                ax.fill_between(xs, lows, highs, alpha=0.2, color=line.get_color())
+                base = next((row for row in rows if row["method"] == BASE), None)
+                if base and (base.get(block) or {}).get(subset):
+                    ax.axhline(base[block][subset]["mean"], color=line.get_color(), linestyle=":", linewidth=1,
+                               label=f"base model ({SUBSET_TITLES[subset]})")
+            ax.set_xticks(xs, [row["sweep_value"] for row in swept])
+            ax.set_xlabel(f"{report['sweep']['field']} ({swept[0]['method']})")
+        else:
+            width = 0.8 / max(len(rows), 1)
+            for i, row in enumerate(rows):
+                means, errors, xs = [], [[], []], []
+                for j, subset in enumerate(SUBSETS):
+                    summary = (row.get(block) or {}).get(subset)
+                    if summary is None:
+                        continue
+                    low, high = summary["ci95"]
+                    xs.append(j - 0.4 + width * (i + 0.5))
+                    means.append(summary["mean"])
+                    errors[0].append(summary["mean"] - low if low is not None else 0.0)
+                    errors[1].append(high - summary["mean"] if high is not None else 0.0)
+                ax.bar(xs, means, width, yerr=errors, capsize=3, label=row["label"])
+            ax.set_xticks(range(len(SUBSETS)), [SUBSET_TITLES[s] for s in SUBSETS])
+        ax.set_title(f"{BLOCK_TITLES[block]} (k={report['eval']['k']}), 95% CI over task x seed cells")
+        ax.set_ylabel("Macro-F1 / accuracy (%)")
+        ax.set_ylim(bottom=0)  # a t-interval can reach below 0; the metric cannot
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{report['model']} on {report['split']['name']}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_compare(args, command_line: str) -> dict:
+    """CLI entry: plan (all checks), train each method, evaluate each model, write compare.json/.md/.png."""
+    started = time.perf_counter()
+    plan = plan_compare(args, command_line)
+    trained = [row for row in plan.rows if row.method != BASE]
+    print(f"compare: {len(plan.rows)} rows ({', '.join(row.label for row in plan.rows)}) on {plan.split.name}, "
+          f"budget: {plan.budget['equalised']}, output in {plan.out}", flush=True)
+    plan.out.mkdir(parents=True, exist_ok=True)
+
+    train_info = {}
+    for n, row in enumerate(trained, start=1):
+        train_info[row.label] = train_row(plan, row, f"{n}/{len(trained)}")
+    evals = {}
+    for n, row in enumerate(plan.rows, start=1):
+        evals[row.label] = evaluate_row(plan, row, f"{n}/{len(plan.rows)}")
+
+    print("== tabulating", flush=True)
+    seeds = plan.eval_settings["seeds"]
+    subsets = {"all": list(plan.split.test), "unseen_domain": list(plan.split.unseen_domain_test)}
+    rows = []
+    for row in plan.rows:
+        result = evals[row.label]["result"]
+        entry = {"label": row.label, "method": row.method, "sweep_value": row.sweep_value,
+                 "recipe": row.config.to_dict() if row.config else None,
+                 "train": train_info.get(row.label, {"steps": 0, "tokens": 0}),
+                 "eval_file": str(Path("evals") / f"{row.eval_name}.json"),
+                 "eval_wall_seconds": evals[row.label]["wall_seconds"],
+                 "eval": {"icl": {"tasks": result["tasks"], "average": result["average"]}}}
+        if "adapted" in result:
+            entry["eval"]["adapted"] = result["adapted"]
+        for block in BLOCKS:
+            entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds)
+                             for subset, tasks in subsets.items()} if block in entry["eval"] else None)
+        rows.append(entry)
+    tests, headline = paired_tests(rows, plan.split, bool(plan.sweep))
+    report = {
+        "command": plan.command, "model": plan.model, "data_dir": str(plan.data_dir),
+        "split": {"name": plan.split.name, "source": plan.split.source, "train": list(plan.split.train),
+                  "test": list(plan.split.test), "unseen_domain_test": list(plan.split.unseen_domain_test)},
+        "methods": list(dict.fromkeys(row.method for row in plan.rows)), "budget": plan.budget,
+        "recipe": plan.recipe, "sweep": plan.sweep, "eval": plan.eval_settings, "dtype": plan.dtype,
+        "rows": rows, "paired_tests": tests, "headline": headline,
+        "statistics": "cell = (task, seed) metric in percent; per seed s, a_s = mean over tasks; mean = mean_s a_s, "
+                      "worst = min_s a_s; ci95 = Student-t interval of the mean over task x seed cells; paired "
+                      "tests pair the same (task, seed) cells of two rows (paired t-test and Wilcoxon signed-rank)",
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+    report = _clean(report)
+    markdown = format_markdown(report)
+    atomic_write_text(plan.out / "compare.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(plan.out / "compare.md", markdown)
+    plot(report, plan.out / "compare.png")
+    print()
+    print(markdown)
+    print(f"plot: {plan.out / 'compare.png'}")
+    print(f"results: {plan.out / 'compare.json'}, {plan.out / 'compare.md'}")
+    return report

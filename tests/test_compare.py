@@ -1,0 +1,212 @@
+"""`compare` end to end on the tiny Llama and tiny tasks: the report files, caching and continuation, the token
+budget, sweeps, and bad inputs that stop before any work."""
+
+import json
+import shutil
+
+import pytest
+from conftest import make_tiny_data
+
+from maml_en_llm import compare as compare_module
+from maml_en_llm.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RECIPE = ["tasks_per_step=2", "support_size=1", "query_size=1", "lr=1e-3", "inner_lr=1e-2"]
+
+
+def compare_args(model_dir, data_dir, out, *extra, methods="none,metaicl,maml", budget=("--steps", "2")):
+    return ["compare", "--split", "tiny", "--data-dir", str(data_dir), "--model", str(model_dir), "--methods", methods,
+            *budget, "--k", "1", "--seeds", "100,13", "--max-test", "4", "--out", str(out), *extra, *RECIPE]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A width-64 model's matmuls are far too small to share out; on a busy 2-core machine extra threads only wait."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_tiny_data(tmp_path_factory.mktemp("compare_data") / "data")
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_model_dir, data_dir):
+    """One compare of none, metaicl and maml with adaptation, shared by the tests that read or re-run it."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1")) == 0
+    return out
+
+
+def count_calls(monkeypatch):
+    calls = {"train": [], "evaluate": []}
+    real_train, real_evaluate = compare_module.train, compare_module.evaluate_model
+
+    def counting_train(config, **kwargs):
+        calls["train"].append(config.method)
+        return real_train(config, **kwargs)
+
+    def counting_evaluate(model, tokenizer, **kwargs):
+        calls["evaluate"].append(model.config._name_or_path)
+        return real_evaluate(model, tokenizer, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", counting_train)
+    monkeypatch.setattr(compare_module, "evaluate_model", counting_evaluate)
+    return calls
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_report_files_hold_table_cis_tests_and_budget(first_run):
+    report = json.loads((first_run / "compare.json").read_text())
+    assert report["budget"]["equalised"] == "steps" and report["budget"]["steps"] == 2
+    assert report["command"].startswith("maml-en-llm compare")
+    assert [row["label"] for row in report["rows"]] == ["none", "metaicl", "maml"]
+    for row in report["rows"]:
+        for block in ("icl", "adapted"):
+            tasks = row["eval"][block]["tasks"]
+            assert set(tasks) == {"cls_c", "cls_d"} and set(tasks["cls_c"]["per_seed"]) == {"100", "13"}
+            per_seed_avg = {s: (tasks["cls_c"]["per_seed"][s] + tasks["cls_d"]["per_seed"][s]) / 2 for s in ("100", "13")}
+            summary = row[block]["all"]
+            assert summary["mean"] == pytest.approx(sum(per_seed_avg.values()) / 2)
+            assert summary["worst"] == pytest.approx(min(per_seed_avg.values()))
+            assert summary["n_cells"] == 4 and len(summary["ci95"]) == 2
+            assert row[block]["unseen_domain"]["n_cells"] == 2  # cls_d x 2 seeds
+        if row["method"] == "none":
+            assert row["train"]["steps"] == 0
+        else:
+            run_dir = first_run / row["train"]["run"]
+            assert run_dir.name.startswith(row["method"] + "-") and (run_dir / "final" / "config.json").exists()
+            assert row["train"]["steps"] == 2 and row["train"]["tokens"] == metrics(run_dir)[-1]["total_tokens"] > 0
+            assert row["train"]["wall_seconds"] > 0
+    headline = report["headline"]
+    assert (headline["a"], headline["b"], headline["block"], headline["n"]) == ("maml", "metaicl", "icl", 4)
+    for key in ("mean_diff", "ci95", "p_value_t", "p_value_wilcoxon", "significant_at_0.05"):
+        assert key in headline
+    assert {(t["b"], t["block"]) for t in report["paired_tests"]} >= {("metaicl", "adapted"), ("none", "icl")}
+
+    markdown = (first_run / "compare.md").read_text()
+    assert "| method | steps | tokens | train s | all ICL | unseen domain ICL | all adapted | unseen domain adapted |" \
+        in markdown
+    for label in ("none", "metaicl", "maml"):
+        assert any(line.startswith(f"| {label} | ") and line.count("(") >= 4 for line in markdown.splitlines())
+    assert "equal meta-steps: 2 per method" in markdown
+    assert "**MAML-en-LLM vs MetaICL:** maml - metaicl (ICL, all)" in markdown and "significant at 0.05" in markdown
+
+    png = (first_run / "compare.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+
+
+def test_rerun_reuses_runs_and_evaluations(first_run, tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out)
+    calls = count_calls(monkeypatch)
+    args = compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1")
+    assert main(args) == 0
+    assert calls == {"train": [], "evaluate": []}
+    assert "| maml | 2 |" in capsys.readouterr().out
+
+    metaicl_eval = next((out / "evals").glob("metaicl-*.json"))
+    metaicl_eval.unlink()
+    assert main(args) == 0
+    assert calls["train"] == [] and len(calls["evaluate"]) == 1 and "metaicl-" in calls["evaluate"][0]
+    assert metaicl_eval.exists()
+
+    runs_before = {p.name for p in (out / "runs").iterdir()}
+    assert main([*args, "inner_steps=2"]) == 0  # a changed recipe field: new runs for both trained methods
+    assert calls["train"] == ["metaicl", "maml"] and len(calls["evaluate"]) == 3
+    new_runs = {p.name for p in (out / "runs").iterdir()} - runs_before
+    assert len(new_runs) == 2 and {name.split("-")[0] for name in new_runs} == {"metaicl", "maml"}
+
+
+def test_killed_compare_resumes_training_from_its_checkpoint(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from maml_en_llm import train as train_module
+
+    real_meta_step, seen = train_module.meta_step, []
+
+    def killed_at_third_step(*args, **kwargs):
+        seen.append(1)
+        if len(seen) == 3:  # after step 2's checkpoint
+            raise KeyboardInterrupt
+        return real_meta_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "meta_step", killed_at_third_step)
+    out = tmp_path / "out"
+    args = compare_args(tiny_model_dir, data_dir, out, methods="none,metaicl", budget=("--steps", "3")) + [
+        "checkpoint_every=2"]
+    assert main(args) == 130
+    run_dir = next((out / "runs").iterdir())
+    assert [m["step"] for m in metrics(run_dir)] == [1, 2] and not (out / "compare.json").exists()
+
+    monkeypatch.setattr(train_module, "meta_step", real_meta_step)
+    calls = count_calls(monkeypatch)
+    assert main(args) == 0
+    assert calls["train"] == ["metaicl"] and [m["step"] for m in metrics(run_dir)] == [1, 2, 3]
+    assert json.loads((out / "compare.json").read_text())["rows"][1]["train"]["steps"] == 3
+
+
+def test_token_budget_gives_each_method_the_steps_that_reach_it(tmp_path, tiny_model_dir, data_dir):
+    tokens = 600
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, methods="metaicl,multitask0",
+                             budget=("--tokens", str(tokens)))) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["budget"] == {**report["budget"], "equalised": "tokens", "tokens": tokens}
+    steps = {}
+    for row in report["rows"]:
+        lines = metrics(out / row["train"]["run"])
+        assert lines[-1]["total_tokens"] >= tokens > lines[-2]["total_tokens"]
+        assert row["train"]["steps"] == len(lines) and row["train"]["tokens"] == lines[-1]["total_tokens"]
+        steps[row["method"]] = len(lines)
+    assert steps["multitask0"] > steps["metaicl"]  # zero-shot instances are shorter: more steps for the same tokens
+    assert "equal training tokens: 600 per method" in (out / "compare.md").read_text()
+
+
+def test_sweep_gives_one_row_per_value_and_a_line_plot(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    import matplotlib.axes
+
+    drawn = []
+    for name in ("bar", "plot", "fill_between"):
+        real = getattr(matplotlib.axes.Axes, name)
+        monkeypatch.setattr(matplotlib.axes.Axes, name,
+                            lambda self, *a, _name=name, _real=real, **kw: drawn.append(_name) or _real(self, *a, **kw))
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--sweep", "inner_steps=1,2", methods="none,maml")) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["sweep"] == {"field": "inner_steps", "values": ["1", "2"]}
+    assert [row["label"] for row in report["rows"]] == ["none", "inner_steps=1", "inner_steps=2"]
+    assert [row["recipe"]["inner_steps"] for row in report["rows"][1:]] == [1, 2]
+    markdown = (out / "compare.md").read_text()
+    assert "| inner_steps | steps |" in markdown and "\n| 1 | 2 |" in markdown and "\n| 2 | 2 |" in markdown
+    assert "bar" not in drawn and "plot" in drawn and "fill_between" in drawn
+    assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--methods", "none,bogus"], "unknown method 'bogus'"),
+    (["--sweep", "nonsense=1,2", "--methods", "maml"], "--sweep nonsense: not a recipe field"),
+    (["--sweep", "inner_optimizer=sgd,rmsprop", "--methods", "maml"], "inner_optimizer"),
+    (["--sweep", "inner_steps=1,2", "--methods", "metaicl,maml"], "exactly one trained method"),
+    (["--methods", "maml", "k=4"], "use --k"),
+    (["--methods", "maml", "--data-dir", "/nonexistent/data"], "data folder not found"),
+])
+def test_bad_input_exits_2_before_any_work(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys, extra, needle):
+    calls = count_calls(monkeypatch)
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, *extra)) == 2  # a later --methods wins
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err and "\n" not in err
+    assert not out.exists() and calls == {"train": [], "evaluate": []}
+
+
+def test_steps_and_tokens_together_are_refused(tmp_path, tiny_model_dir, data_dir):
+    with pytest.raises(SystemExit) as exit_info:
+        main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", budget=("--steps", "2", "--tokens", "9")))
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()

@@ -1,0 +1,86 @@
+"""Metrics against hand-computed cases (MetaICL's Macro-F1 and accuracy, in percent) and the comparison stats."""
+
+import math
+
+import pytest
+from scipy import stats
+
+from maml_en_llm.metrics import (
+    accuracy, macro_f1, mean_ci95, paired_test, result_cells, summarize, task_metric,
+)
+
+
+def test_macro_f1_class_never_predicted_scores_zero():
+    # a: P = 2/4, R = 2/2 -> F1 = 2/3;  b: never predicted -> F1 = 0;  macro = 1/3
+    assert macro_f1(["a", "a", "a", "a"], ["a", "a", "b", "b"]) == pytest.approx(100 / 3)
+
+
+def test_macro_f1_predicted_class_absent_from_gold_has_no_f1_of_its_own():
+    # a: P = 1/1, R = 1/2 -> 2/3;  b: P = 2/2, R = 2/2 -> 1;  c is never gold, so it is not averaged
+    assert macro_f1(["a", "c", "b", "b"], ["a", "a", "b", "b"]) == pytest.approx(100 * (2 / 3 + 1) / 2)
+
+
+def test_macro_f1_three_classes_by_hand():
+    golds = ["x", "x", "x", "y", "y", "z"]
+    preds = ["x", "y", "x", "y", "z", "z"]
+    # x: P 2/2 R 2/3 -> 0.8;  y: P 1/2 R 1/2 -> 0.5;  z: P 1/2 R 1/1 -> 2/3
+    assert macro_f1(preds, golds) == pytest.approx(100 * (0.8 + 0.5 + 2 / 3) / 3)
+    assert macro_f1(golds, golds) == 100.0
+    # all wrong, every gold class predicted somewhere
+    assert macro_f1(["b", "a"], ["a", "b"]) == 0.0
+
+
+def test_accuracy_and_task_metric_routing():
+    assert accuracy(["a", "b", "c"], ["a", "b", "d"]) == pytest.approx(200 / 3)
+    preds, golds = ["a", "a", "a", "a"], ["a", "a", "b", "b"]
+    assert task_metric("multi-choice", preds, golds) == 50.0
+    assert task_metric("classification", preds, golds) == pytest.approx(100 / 3)
+    with pytest.raises(ValueError):
+        task_metric("free-form", preds, golds)
+    with pytest.raises(ValueError):
+        accuracy(["a"], ["a", "b"])
+
+
+def test_summarize_string_seed_keys_mean_and_worst():
+    summary = summarize({100: 50.0, 13: 70.0, 21: 60.0})
+    assert summary == {"per_seed": {"100": 50.0, "13": 70.0, "21": 60.0}, "mean": 60.0, "worst": 50.0}
+
+
+def test_mean_ci95_matches_t_interval_and_degenerate_cases():
+    mean, low, high = mean_ci95([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) * 1.0 / math.sqrt(3)  # sample sd of 1,2,3 is 1
+    assert (mean, low, high) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert all(math.isnan(v) for v in mean_ci95([]))
+    single = mean_ci95([4.0])
+    assert single[0] == 4.0 and math.isnan(single[1]) and math.isnan(single[2])
+    assert mean_ci95([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_paired_test_against_scipy():
+    a, b = [60.0, 55.0, 70.0, 52.0, 66.0], [58.0, 50.0, 71.0, 49.0, 60.0]
+    result = paired_test(a, b)
+    diffs = [x - y for x, y in zip(a, b)]
+    assert result["n"] == 5
+    assert result["mean_diff"] == pytest.approx(sum(diffs) / 5)
+    assert result["p_value_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert result["p_value_wilcoxon"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
+    low, high = result["ci95"]
+    assert low < result["mean_diff"] < high
+
+
+def test_paired_test_pairs_mappings_by_common_keys_and_degenerate_cases():
+    a = {("t1", "100"): 60.0, ("t1", "13"): 50.0, ("t2", "100"): 40.0, ("only_a", "1"): 99.0}
+    b = {("t1", "100"): 55.0, ("t1", "13"): 50.0, ("t2", "100"): 30.0}
+    result = paired_test(a, b)
+    assert result["n"] == 3 and result["mean_diff"] == pytest.approx(5.0)
+    same = paired_test([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same["p_value_t"] == 1.0 and same["p_value_wilcoxon"] == 1.0 and same["mean_diff"] == 0.0
+    one = paired_test([1.0], [0.0])
+    assert one["n"] == 1 and math.isnan(one["p_value_t"]) and math.isnan(one["p_value_wilcoxon"])
+    with pytest.raises(ValueError):
+        paired_test([1.0, 2.0], [1.0])
+
+
+def test_result_cells_flattens_task_by_seed():
+    block = {"tasks": {"t1": {"per_seed": {"100": 1.0, "13": 2.0}}, "t2": {"per_seed": {"100": 3.0}}}}
+    assert result_cells(block) == {("t1", "100"): 1.0, ("t1", "13"): 2.0, ("t2", "100"): 3.0}
