@@ -67,7 +67,7 @@ def one(args) -> dict:
     for i in range(args.steps + 1):
         started = time.perf_counter()
         meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id, shares_moments=shares,
-                  inner_steps=1, max_grad_norm=1.0)
+                  max_grad_norm=1.0)
         if i:
             times.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -81,12 +81,26 @@ def episode(seed=0):
     return TaskEpisode("t", support=[seq(7, 2), seq(4, 3)], query=[seq(6, 2), seq(9, 1)])
 
 
+def snapshot(optimizer):
+    return {p: {k: v.clone() for k, v in state.items()} for p, state in optimizer.state.items()}
+
+
+def restore(optimizer, saved):
+    for p, state in saved.items():
+        optimizer.state[p] = {k: v.clone() for k, v in state.items()}
+
+
 def loss_after_adaptation(model, params, ep, inner, steps):
-    """L_query(theta_i) as a plain number, theta_i computed without a graph."""
+    """L_query(theta_i) as a plain number, theta_i computed without a graph. shared-adam's optimizer state is
+    put back afterwards (adapting writes to it)."""
+    saved = snapshot(inner.shared) if inner.shared is not None else None
     support = collate(ep.support, PAD)
     adapted, _ = adapt(model, params, support, inner, steps, differentiable=False)
     with torch.no_grad():
-        return mean_loss(model, collate(ep.query, PAD), adapted).item()
+        value = mean_loss(model, collate(ep.query, PAD), adapted).item()
+    if saved is not None:
+        restore(inner.shared, saved)
+    return value
 
 
 def directional_fd(model, params, ep, inner, steps, direction, eps=1e-6):
@@ -127,12 +141,17 @@ def test_second_order_meta_gradient_matches_finite_differences(model, kind, lr, 
     ep = episode()
     shared = filled_adamw(params) if kind == "shared-adam" else None
     inner = InnerOptimizer(kind, lr, eps=eps, shared=shared, shared_params=params)
+    saved = snapshot(shared) if shared else None
     result = maml_task(model, params, ep, PAD, inner, steps, first_order=False)
+    if shared:
+        restore(shared, saved)
     direction = random_direction(params)
     analytic = dot(result.grads, direction)
     numeric = directional_fd(model, params, ep, inner, steps, direction)
     assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
     # and it is not the first-order answer: the second-order term matters at this learning rate
+    if shared:
+        restore(shared, saved)
     first = maml_task(model, params, ep, PAD, inner, steps, first_order=True)
     assert abs(dot(first.grads, direction) - analytic) > 1e-6 * max(1.0, abs(analytic))
 
@@ -186,46 +205,43 @@ def test_reptile_pseudo_gradient_is_theta_minus_adapted(model):
 
 
 def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
-    """Documented semantics: each task's inner Adam step starts from the outer moments; afterwards the outer
-    moments are the mean of the tasks' updated moments with step + inner_steps; then AdamW's own update."""
+    """Documented semantics: one set of moments. Task 1's inner step updates the outer AdamW's moments and step;
+    task 2's inner step starts from those; then AdamW's own step with the mean meta-gradient."""
     params = params_of(model)
     opt = filled_adamw(params)
     b1, b2, eps, inner_lr, outer_lr = 0.9, 0.999, 1e-8, 1e-2, 1e-3
-    m0 = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
-    v0 = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
+    m = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
+    v = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
     theta0 = {n: p.detach().clone() for n, p in params.items()}
     episodes = [episode(1), episode(2)]
 
-    # reference, by hand: inner gradient of each task at theta0, adapted weights, query gradient (first order)
-    ref_m, ref_v, meta = [], [], []
-    for ep in episodes:
+    # reference, by hand: each task's support gradient at theta0 updates the running moments in order;
+    # the adapted weights use them with bias correction at steps 4 and 5; first-order query gradients
+    meta = []
+    for t, ep in zip((4, 5), episodes):
         ref = copy.deepcopy(model)
         mean_loss(ref, collate(ep.support, PAD)).backward()
         g = {n: p.grad.clone() for n, p in ref.named_parameters()}
-        m = {n: b1 * m0[n] + (1 - b1) * g[n] for n in g}
-        v = {n: b2 * v0[n] + (1 - b2) * g[n] ** 2 for n in g}
+        m = {n: b1 * m[n] + (1 - b1) * g[n] for n in g}
+        v = {n: b2 * v[n] + (1 - b2) * g[n] ** 2 for n in g}
         with torch.no_grad():
             for n, p in ref.named_parameters():
-                p.copy_(theta0[n] - inner_lr / (1 - b1 ** 4) * m[n] / (v[n].sqrt() / (1 - b2 ** 4) ** 0.5 + eps))
+                p.copy_(theta0[n] - inner_lr / (1 - b1 ** t) * m[n] / (v[n].sqrt() / (1 - b2 ** t) ** 0.5 + eps))
                 p.grad = None
         mean_loss(ref, collate(ep.query, PAD)).backward()
         meta.append({n: p.grad.clone() for n, p in ref.named_parameters()})
-        ref_m.append(m)
-        ref_v.append(v)
-    mean_m = {n: (ref_m[0][n] + ref_m[1][n]) / 2 for n in params}
-    mean_v = {n: (ref_v[0][n] + ref_v[1][n]) / 2 for n in params}
     G = {n: (meta[0][n] + meta[1][n]) / 2 for n in params}
-    expect_m = {n: b1 * mean_m[n] + (1 - b1) * G[n] for n in params}
-    expect_v = {n: b2 * mean_v[n] + (1 - b2) * G[n] ** 2 for n in params}
-    expect_theta = {n: theta0[n] - outer_lr / (1 - b1 ** 5) * expect_m[n] / (expect_v[n].sqrt() / (1 - b2 ** 5) ** 0.5 + eps)
+    expect_m = {n: b1 * m[n] + (1 - b1) * G[n] for n in params}
+    expect_v = {n: b2 * v[n] + (1 - b2) * G[n] ** 2 for n in params}
+    expect_theta = {n: theta0[n] - outer_lr / (1 - b1 ** 6) * expect_m[n] / (expect_v[n].sqrt() / (1 - b2 ** 6) ** 0.5 + eps)
                     for n in params}
 
     inner = InnerOptimizer("shared-adam", inner_lr, (b1, b2), eps, shared=opt, shared_params=params)
-    step_task = lambda mdl, prm, ep, pad, moment_sums=None: _maml_task(mdl, prm, ep, pad, inner, 1, True, moment_sums)
-    meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=True, inner_steps=1, max_grad_norm=0)
+    step_task = lambda mdl, prm, ep, pad: _maml_task(mdl, prm, ep, pad, inner, 1, True)
+    meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=True, max_grad_norm=0)
     for n, p in params.items():
         state = opt.state[p]
-        assert int(state["step"]) == 5  # 3 before + 1 inner + 1 outer
+        assert int(state["step"]) == 6  # 3 before + 2 tasks x 1 inner step + 1 outer
         torch.testing.assert_close(state["exp_avg"], expect_m[n], rtol=1e-8, atol=1e-12)
         torch.testing.assert_close(state["exp_avg_sq"], expect_v[n], rtol=1e-8, atol=1e-14)
         torch.testing.assert_close(p.detach(), expect_theta[n], rtol=1e-8, atol=1e-10)

@@ -20,14 +20,17 @@ Inner optimizers (`inner_optimizer=`), for maml, fomaml and reptile:
 * sgd — theta_i = theta - inner_lr * g, per inner step. No state.
 * adam — Adam with fresh zero moments for every task (step count from 0), lr inner_lr, no weight decay; the
   moments are discarded after the task.
-* shared-adam — the paper's "consolidated" optimizer: the inner Adam steps *read* the outer AdamW's first and
-  second moments and step count (bias correction included), update copies of them step by step with the inner
-  gradients, and the inner update is theta - inner_lr * m_hat / (sqrt(v_hat) + eps). After all tasks of the
-  meta-step, the outer AdamW's moments are *written* with the mean over tasks of each task's updated moments
-  and its step count advances by inner_steps; then the outer step updates the same moments once more with the
-  meta-gradient. The mean (rather than one task after another) makes the result independent of task order and
-  of how tasks are sharded across ranks. In second-order MAML the graph runs through the moment updates of the
-  inner steps (m, v are functions of the inner gradients); the write-back itself is detached.
+* shared-adam — the paper's "consolidated" optimizer: one set of Adam moments, the outer AdamW's, read and
+  updated by every step, inner and outer. Each inner step of each task (tasks in episode order) updates the
+  outer AdamW's first and second moments with its inner gradient and advances its step count, exactly as an
+  AdamW step would, and moves theta_i by -inner_lr * m_hat / (sqrt(v_hat) + eps) (no weight decay); then the
+  outer step updates the same moments with the meta-gradient. So after a meta-step of n tasks and J inner
+  steps the moments have seen n*J inner gradients and one meta-gradient, and the step count advanced n*J + 1.
+  Tasks read the moments as left by the previous task (detached: no gradient flows between tasks). In
+  second-order MAML the graph runs through the inner step's moment update (m, v are functions of the inner
+  gradient). With several torchrun ranks each rank chains its own tasks from the same moments; afterwards
+  the ranks' moments are averaged (and step counts set to the largest), so one rank is the exact sequential
+  rule and several ranks an average of per-rank chains.
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from .episodes import TaskEpisode
 from .lm import collate, mean_loss
 
 Params = dict[str, torch.Tensor]
-MomentSums = tuple[Params, Params]  # running sums over tasks of each task's final (m, v), for shared-adam
 
 
 @dataclass
@@ -59,7 +61,8 @@ class _AdamStep(torch.autograd.Function):
         m' = b1 m + (1 - b1) g,   v' = b2 v + (1 - b2) g^2,   p' = p - c m' / (sqrt(v') / s + eps)
 
     with c = lr / (1 - b1^t), s = sqrt(1 - b2^t). Autograd would keep about five parameter-sized intermediates
-    per tensor in the second-order graph; this keeps only its inputs and recomputes m', v' in backward. The
+    per tensor in the second-order graph; this keeps g and its outputs m', v' (which shared-adam then uses as
+    the optimizer's state, so they cost nothing extra) and recomputes the rest in backward. The
     backward itself is not differentiable, which is never needed: the meta-gradient is a first derivative of
     the query loss. Where v' = 0 (g = v = 0, e.g. embedding rows of unseen tokens at a fresh optimizer) the
     derivative through sqrt(v') is taken as 0 instead of 0 * inf."""
@@ -69,7 +72,7 @@ class _AdamStep(torch.autograd.Function):
         m_new = torch.lerp(g, m, b1)
         v_new = torch.lerp(g * g, v, b2)
         p_new = torch.addcdiv(p, m_new, v_new.sqrt().div_(s).add_(eps), value=-c)
-        ctx.save_for_backward(g, m, v)
+        ctx.save_for_backward(g, m_new, v_new)
         ctx.constants = (c, s, b1, b2, eps)
         ctx.set_materialize_grads(False)
         return p_new, m_new, v_new
@@ -77,10 +80,9 @@ class _AdamStep(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_p, grad_m_new, grad_v_new):
-        g, m, v = ctx.saved_tensors
+        g, m_new, v_new = ctx.saved_tensors
         c, s, b1, b2, eps = ctx.constants
-        m_new = torch.lerp(g, m, b1)
-        root = torch.lerp(g * g, v, b2).sqrt_()
+        root = v_new.sqrt()
         denom = root / s + eps
         total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
         total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
@@ -96,13 +98,14 @@ class _AdamStep(torch.autograd.Function):
 
 @dataclass
 class InnerOptimizer:
-    """A functional optimizer for inner updates: returns new tensors, never mutates its inputs."""
+    """A functional optimizer for inner updates: returns new parameter tensors, never mutates parameters.
+    shared-adam also writes each step's moments into the outer AdamW's state (see the module docstring)."""
 
     kind: str  # sgd | adam | shared-adam
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    shared: torch.optim.Optimizer | None = None  # the outer AdamW whose state shared-adam reads ...
+    shared: torch.optim.Optimizer | None = None  # the outer AdamW whose state shared-adam reads and writes ...
     shared_params: dict[str, torch.Tensor] = field(default_factory=dict)  # ... keyed by these parameters' names
 
     def start(self, params: Params):
@@ -118,11 +121,9 @@ class InnerOptimizer:
             m[name], v[name], t[name] = state["exp_avg"], state["exp_avg_sq"], int(state["step"])
         return m, v, t
 
-    def step(self, params: Params, grads: Params, state, differentiable: bool, moment_sums: MomentSums | None = None):
+    def step(self, params: Params, grads: Params, state, differentiable: bool):
         """One inner update. With `differentiable`, the result keeps the graph to params and grads. Gradients
-        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies.
-        With `moment_sums` (the last inner step of shared-adam) the new moments are added to the sums and not
-        kept."""
+        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
         for name in list(params):
             p, g = params[name], grads.pop(name)
@@ -131,19 +132,37 @@ class InnerOptimizer:
             if self.kind == "sgd":
                 new_params[name] = p - self.lr * g
                 continue
-            m, v, t = state[0][name], state[1][name], state[2][name] + 1
+            # popped so a superseded moment tensor is freed as soon as its replacement exists
+            m, v, t = state[0].pop(name), state[1].pop(name), state[2][name] + 1
             beta1, beta2 = self.betas
             step_size = self.lr / (1 - beta1 ** t)
             root_bias = math.sqrt(1 - beta2 ** t)
-            p_new, m_new, v_new = _AdamStep.apply(p, g, m, v, step_size, root_bias, beta1, beta2, self.eps)
-            new_params[name] = p_new
-            if moment_sums is not None:
-                moment_sums[0][name] += m_new.detach()
-                moment_sums[1][name] += v_new.detach()
-            else:
-                new_m[name], new_v[name], new_t[name] = m_new, v_new, t
-            del m_new, v_new
+            new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias, beta1,
+                                                                         beta2, self.eps)
+            new_t[name] = t
+            if self.kind == "shared-adam":
+                # The new moments *become* the optimizer's state (same storage, no copy): the next inner step,
+                # the next task and the outer step read them.
+                outer = self.shared.state[self.shared_params[name]]
+                outer["exp_avg"], outer["exp_avg_sq"] = new_m[name].detach(), new_v[name].detach()
+                outer["step"].fill_(t)
         return new_params, (None if self.kind == "sgd" else (new_m, new_v, new_t))
+
+
+def sync_shared_moments(optimizer: torch.optim.Optimizer, world: int) -> None:
+    """Several ranks: average the per-rank chains' moments, take the largest step count (no-op for one rank)."""
+    if world == 1:
+        return
+    from . import distributed
+
+    states = [optimizer.state[p] for group in optimizer.param_groups for p in group["params"]]
+    distributed.all_reduce_sum_([s[key] for s in states for key in ("exp_avg", "exp_avg_sq")])
+    steps = torch.stack([s["step"] for s in states])
+    distributed.all_reduce_max_(steps)
+    for state, step in zip(states, steps):
+        state["exp_avg"].div_(world)
+        state["exp_avg_sq"].div_(world)
+        state["step"].copy_(step)
 
 
 def ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
@@ -156,18 +175,6 @@ def ensure_adam_state(optimizer: torch.optim.Optimizer) -> None:
                 state["step"] = torch.zeros((), dtype=torch.float32)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-
-
-def write_shared_moments(optimizer: torch.optim.Optimizer, params: Params, moment_sums: MomentSums, n_tasks: float,
-                         inner_steps: int) -> None:
-    """shared-adam's write-back: the outer state takes the tasks' mean moments; its step advances by
-    inner_steps."""
-    with torch.no_grad():
-        for name, p in params.items():
-            state = optimizer.state[p]
-            torch.div(moment_sums[0][name], n_tasks, out=state["exp_avg"])
-            torch.div(moment_sums[1][name], n_tasks, out=state["exp_avg_sq"])
-            state["step"] += inner_steps
 
 
 def _grad(loss: torch.Tensor, params: Params, create_graph: bool = False) -> Params:
@@ -187,27 +194,25 @@ def _accumulate(params: Params, contribution: Params) -> None:
                 p.grad += value
 
 
-def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, differentiable: bool,
-          moment_sums: MomentSums | None = None):
+def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, differentiable: bool):
     """theta_i: `steps` inner updates on `batch`. Returns (adapted params, support loss before adapting)."""
     state = inner.start(params)
     adapted, first_loss = params, None
-    for index in range(steps):
+    for _ in range(steps):
         loss = mean_loss(model, batch, adapted)
         first_loss = loss.item() if first_loss is None else first_loss
         grads = _grad(loss, adapted, create_graph=differentiable)
         del loss
-        sums = moment_sums if index == steps - 1 else None
         if differentiable:
-            adapted, state = inner.step(adapted, grads, state, differentiable=True, moment_sums=sums)
+            adapted, state = inner.step(adapted, grads, state, differentiable=True)
         else:
             with torch.no_grad():
-                adapted, state = inner.step(adapted, grads, state, differentiable=False, moment_sums=sums)
+                adapted, state = inner.step(adapted, grads, state, differentiable=False)
             adapted = {n: p.requires_grad_() for n, p in adapted.items()}
     return adapted, first_loss
 
 
-def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int, moment_sums=None) -> TaskResult:
+def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int) -> TaskResult:
     """MetaICL (and ict, multitask0): the plain gradient of the mean loss over all the task's instances."""
     batch = collate(episode.support + episode.query, pad_id).to(_device(params))
     loss = mean_loss(model, batch)
@@ -216,13 +221,12 @@ def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int, momen
 
 
 def maml_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: InnerOptimizer, inner_steps: int,
-              first_order: bool, moment_sums: MomentSums | None = None) -> TaskResult:
+              first_order: bool) -> TaskResult:
     """MAML-en-LLM (second order) or FOMAML: the query-loss gradient after adapting on the support batch."""
     device = _device(params)
     support = collate(episode.support, pad_id).to(device)
     query = collate(episode.query, pad_id).to(device)
-    adapted, inner_loss = adapt(model, params, support, inner, inner_steps, differentiable=not first_order,
-                                moment_sums=moment_sums)
+    adapted, inner_loss = adapt(model, params, support, inner, inner_steps, differentiable=not first_order)
     if first_order:
         at = {n: p.detach().requires_grad_() for n, p in adapted.items()}
         del adapted
@@ -235,11 +239,10 @@ def maml_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: I
 
 
 def reptile_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: InnerOptimizer,
-                 inner_steps: int, moment_sums: MomentSums | None = None) -> TaskResult:
+                 inner_steps: int) -> TaskResult:
     """Reptile: the pseudo-gradient theta - theta_i after inner_steps first-order updates on all instances."""
     batch = collate(episode.support + episode.query, pad_id).to(_device(params))
-    adapted, inner_loss = adapt(model, params, batch, inner, inner_steps, differentiable=False,
-                                moment_sums=moment_sums)
+    adapted, inner_loss = adapt(model, params, batch, inner, inner_steps, differentiable=False)
     with torch.no_grad():
         _accumulate(params, {n: params[n].detach() - adapted.pop(n).detach() for n in list(adapted)})
     return TaskResult(inner_loss, batch.num_tokens, inner_loss)
@@ -251,14 +254,14 @@ def _device(params: Params) -> torch.device:
 
 def task_function(method: str, inner: InnerOptimizer, inner_steps: int) -> Callable[..., TaskResult]:
     """The per-task function of a method with its inner-loop settings bound:
-    f(model, params, episode, pad_id, moment_sums=None) -> TaskResult, contribution added to param.grad."""
+    f(model, params, episode, pad_id) -> TaskResult, contribution added to param.grad."""
     if method in ("metaicl", "ict", "multitask0"):
         return metaicl_task
     if method in ("maml", "fomaml"):
         first_order = method == "fomaml"
-        return lambda model, params, episode, pad_id, moment_sums=None: maml_task(
-            model, params, episode, pad_id, inner, inner_steps, first_order, moment_sums)
+        return lambda model, params, episode, pad_id: maml_task(model, params, episode, pad_id, inner, inner_steps,
+                                                                first_order)
     if method == "reptile":
-        return lambda model, params, episode, pad_id, moment_sums=None: reptile_task(
-            model, params, episode, pad_id, inner, inner_steps, moment_sums)
+        return lambda model, params, episode, pad_id: reptile_task(model, params, episode, pad_id, inner,
+                                                                   inner_steps)
     raise ValueError(f"unknown method {method!r}")

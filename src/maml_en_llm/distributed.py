@@ -1,8 +1,8 @@
 """torchrun support: the tasks of a meta-batch are sharded across ranks; their contributions are summed.
 
 Every rank samples the same episode (sampling is a pure function of seed and step), processes the tasks
-`episode[rank::world]`, and the per-task gradient (and shared-adam moment) sums are all-reduced, so each rank
-takes the identical outer step. Only rank 0 writes files. Launch, e.g.:
+`episode[rank::world]`, and the per-task gradient sums are all-reduced, so each rank takes the identical outer
+step (shared-adam's moments: see algorithms.py). Only rank 0 writes files. Launch, e.g.:
 
     torchrun --nproc_per_node 4 -m maml_en_llm.cli train --method maml ... tasks_per_step=8
     torchrun --nnodes 2 --node_rank R --master_addr HOST --nproc_per_node 8 -m maml_en_llm.cli train ...
@@ -55,6 +55,11 @@ def all_reduce_sum_(tensors: Sequence[torch.Tensor]) -> None:
         return
     for tensor in tensors:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> None:
+    if world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
 
 
 def barrier() -> None:

@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from . import distributed
-from .algorithms import InnerOptimizer, ensure_adam_state, task_function, write_shared_moments
+from .algorithms import InnerOptimizer, ensure_adam_state, sync_shared_moments, task_function
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
 from .episodes import TaskData, check_pools, sample_episode
@@ -136,8 +136,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                                  use_instructions=config.method == "ict")
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
-                          shares_moments=shares_moments, inner_steps=config.inner_steps,
-                          max_grad_norm=config.max_grad_norm)
+                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm)
         scheduler.step()
 
         seconds = time.perf_counter() - started
@@ -170,28 +169,22 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
 
 
 def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimizer, pad_id: int, *,
-              shares_moments: bool, inner_steps: int, max_grad_norm: float) -> dict:
-    """One outer update: sum this rank's task contributions in `.grad` (and shared-adam's task moments), sum
-    across ranks, average over the meta-batch's tasks, write the shared moments back, clip, step the outer
-    AdamW. Returns the step's mean loss, mean inner loss, tokens and gradient norm."""
+              shares_moments: bool, max_grad_norm: float) -> dict:
+    """One outer update: sum this rank's task contributions in `.grad`, sum across ranks, average over the
+    meta-batch's tasks, clip, step the outer AdamW. Returns the step's mean loss, mean inner loss, tokens and
+    gradient norm."""
     optimizer.zero_grad(set_to_none=True)
-    moment_sums = None
-    if shares_moments:
-        moment_sums = ({n: torch.zeros_like(p) for n, p in params.items()},
-                       {n: torch.zeros_like(p) for n, p in params.items()})
     stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
     for task_episode in distributed.shard(episode):
-        result = step_task(model, params, task_episode, pad_id, moment_sums=moment_sums)
+        result = step_task(model, params, task_episode, pad_id)
         stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
     for p in params.values():
         if p.grad is None:  # a rank with no task this step still takes part in the sum
             p.grad = torch.zeros_like(p)
-    sums = [*moment_sums[0].values(), *moment_sums[1].values()] if shares_moments else []
-    distributed.all_reduce_sum_([*(p.grad for p in params.values()), *sums, stats])
-    n_tasks = stats[3].item()
+    distributed.all_reduce_sum_([*(p.grad for p in params.values()), stats])
     if shares_moments:
-        write_shared_moments(optimizer, params, moment_sums, n_tasks, inner_steps)
-        del moment_sums, sums
+        sync_shared_moments(optimizer, distributed.world_size())
+    n_tasks = stats[3].item()
     for p in params.values():
         p.grad.div_(n_tasks)
     grad_norm = _clip(params, max_grad_norm)
