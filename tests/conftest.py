@@ -10,6 +10,10 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models run faster on one thread (and do not fight other processes for the 2 cores).
+torch.set_num_threads(1)
 
 SEEDS = (100, 13, 21, 42, 87)
 

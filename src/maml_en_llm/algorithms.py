@@ -69,9 +69,11 @@ class _AdamStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p, g, m, v, c: float, s: float, b1: float, b2: float, eps: float):
-        m_new = torch.lerp(g, m, b1)
-        v_new = torch.lerp(g * g, v, b2)
-        p_new = torch.addcdiv(p, m_new, v_new.sqrt().div_(s).add_(eps), value=-c)
+        p_new, m_new, v_new = torch.empty_like(p), torch.empty_like(p), torch.empty_like(p)
+        for ps, gs, ms, vs, pn, mn, vn in _chunked(p, g, m, v, p_new, m_new, v_new):
+            torch.lerp(gs, ms, b1, out=mn)
+            torch.mul(gs, gs, out=vn).lerp_(vs, b2)
+            torch.addcdiv(ps, mn, vn.sqrt().div_(s).add_(eps), value=-c, out=pn)
         ctx.save_for_backward(g, m_new, v_new)
         ctx.constants = (c, s, b1, b2, eps)
         ctx.set_materialize_grads(False)
@@ -82,18 +84,42 @@ class _AdamStep(torch.autograd.Function):
     def backward(ctx, grad_p, grad_m_new, grad_v_new):
         g, m_new, v_new = ctx.saved_tensors
         c, s, b1, b2, eps = ctx.constants
+        need = ctx.needs_input_grad
+        tiny = torch.finfo(v_new.dtype).tiny  # where v' = 0, g = 0 too: the sqrt term is then 0, not 0 * inf
+        if grad_m_new is None and grad_v_new is None and not need[2] and not need[3]:
+            # the common case (one inner step): dp'/dg only:
+            # grad_g = c q ((1 - b2) / s * g m' / (denom sqrt(v')) - (1 - b1)),  q = grad_p / denom
+            grad_g = torch.empty_like(g)
+            for gs, ms, vs, gps, out in _chunked(g, m_new, v_new, grad_p, grad_g):
+                root = vs.sqrt()
+                denom = root.add(eps * s).div_(s)
+                torch.mul(gs, ms, out=out).div_(denom).div_(root.clamp_min_(tiny))
+                out.mul_(c * (1 - b2) / s).sub_(c * (1 - b1)).mul_(gps).div_(denom)
+            return grad_p, grad_g, None, None, None, None, None, None, None
         root = v_new.sqrt()
-        denom = root / s + eps
+        denom = root.add(eps * s).div_(s)
+        root.clamp_min_(tiny)
         total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
         total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
         if grad_p is not None:
-            total_m -= c * grad_p / denom
-            inverse_root = torch.where(root > 0, root.reciprocal(), torch.zeros_like(root))
-            total_v += grad_p * (c / (2 * s)) * m_new * inverse_root / (denom * denom)
+            q = grad_p / denom
+            total_m.sub_(q, alpha=c)
+            total_v.add_(q * m_new / (denom * root), alpha=c / (2 * s))
         grad_g = (1 - b1) * total_m + (2 * (1 - b2)) * g * total_v
-        need = ctx.needs_input_grad
         return (grad_p if need[0] else None, grad_g, b1 * total_m if need[2] else None,
                 b2 * total_v if need[3] else None, None, None, None, None, None)
+
+
+CHUNK = 1 << 17  # elements: a chunk of each operand fits in cache, so a chain of elementwise ops reads memory once
+
+
+def _chunked(*tensors: torch.Tensor):
+    """Matching flat slices of same-shaped contiguous tensors, CHUNK elements at a time. Running a sequence of
+    elementwise ops chunk by chunk instead of tensor by tensor cuts memory traffic several-fold on CPU."""
+    flat = [t.view(-1) for t in tensors]
+    total = flat[0].numel()
+    for start in range(0, total, CHUNK):
+        yield tuple(f[start:start + CHUNK] for f in flat)
 
 
 @dataclass
@@ -126,7 +152,7 @@ class InnerOptimizer:
         are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
         for name in list(params):
-            p, g = params[name], grads.pop(name)
+            p, g = params[name], grads.pop(name).contiguous()
             if not differentiable:
                 g = g.detach()
             if self.kind == "sgd":
@@ -137,8 +163,16 @@ class InnerOptimizer:
             beta1, beta2 = self.betas
             step_size = self.lr / (1 - beta1 ** t)
             root_bias = math.sqrt(1 - beta2 ** t)
-            new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias, beta1,
-                                                                         beta2, self.eps)
+            if differentiable:
+                new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias,
+                                                                             beta1, beta2, self.eps)
+            else:  # no graph: update the moments in place (shared-adam: the optimizer's own state)
+                p_new = torch.empty_like(p)
+                for ps, gs, ms, vs, pn in _chunked(p, g.contiguous(), m, v, p_new):
+                    ms.lerp_(gs, 1 - beta1)
+                    vs.mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
+                    torch.addcdiv(ps, ms, vs.sqrt().div_(root_bias).add_(self.eps), value=-step_size, out=pn)
+                new_params[name], new_m[name], new_v[name] = p_new, m, v
             new_t[name] = t
             if self.kind == "shared-adam":
                 # The new moments *become* the optimizer's state (same storage, no copy): the next inner step,

@@ -39,8 +39,10 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
                    help="model dtype (default float32)")
 
 
-def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=16, help="demonstrations per prompt, 0 = zero-shot (default 16)")
+def _add_eval_args(p: argparse.ArgumentParser, k_default: int | None = 16) -> None:
+    p.add_argument("--k", type=int, default=k_default,
+                   help="demonstrations per prompt, 0 = zero-shot (default 16" +
+                        ("; compare: the recipe's k if --config gives one, and it sets the training k too)" if k_default is None else ")"))
     p.add_argument("--seeds", type=_int_list, default=[100, 13, 21, 42, 87], help="comma-separated seeds")
     p.add_argument("--method", default="direct", choices=["direct", "channel"], help="direct or noisy channel")
     p.add_argument("--max-test", type=int, default=None, help="score only the first N test examples per seed")
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = cmp_.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="meta-steps per method")
     budget.add_argument("--tokens", type=int, default=None, help="training tokens per method (steps derived)")
-    _add_eval_args(cmp_)
+    _add_eval_args(cmp_, k_default=None)
     cmp_.add_argument("--sweep", default=None, help="FIELD=v1,v2,... : ablate one recipe field for one method")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")

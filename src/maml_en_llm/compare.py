@@ -181,6 +181,8 @@ def plan_compare(args, command_line: str) -> Plan:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for runs and compare.json/.md/.png")
 
+    if args.k is None:  # one k for training and evaluation: the recipe's when it has one, else MetaICL's 16
+        args.k = make_config(args.config).k if args.config is not None else 16
     data_dir = Path(args.data_dir if args.data_dir is not None else default_data_dir()).expanduser().absolute()
     check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer)
     eval_data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test)  # checks every test file

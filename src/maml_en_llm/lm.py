@@ -38,12 +38,17 @@ class Batch:
 
 
 def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:
-    """Left-pad (context + target) sequences into one batch; every target must be non-empty."""
+    """Left-pad (context + target) sequences into one batch; every target must be non-empty.
+
+    A sequence with an empty context (a zero-shot instance whose input is empty) has nothing to predict its first
+    target token from (we add no BOS, like MetaICL): that token becomes context and is not scored."""
+    sequences = [(c, t) if c else (t[:1], t[1:]) for c, t in sequences]
     lengths = [len(c) + len(t) for c, t in sequences]
     width = max(lengths)
     target_width = max(len(t) for _, t in sequences)
     if min(len(t) for _, t in sequences) == 0:
-        raise ValueError("a sequence has no target tokens")
+        raise ValueError("a sequence has no target tokens to score (an empty target, or a one-token target "
+                         "with an empty context)")
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     target_mask = torch.zeros((len(sequences), target_width), dtype=torch.bool)
