@@ -272,3 +272,19 @@ def test_second_order_on_a_real_llama_is_finite_and_reaches_every_parameter(tiny
                        1, first_order=False)
     assert all(torch.isfinite(g).all() for g in result.grads.values())
     assert all(result.grads[n].abs().sum() > 0 for n in params if "embed" not in n)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_adam_step_backward_is_finite_when_g_squared_underflows(steps):
+    """float32: g = 1e-25 gives g^2 = 0, so v' = 0 while g != 0; the derivative must stay finite (it is
+    bounded analytically), as must g = 0 exactly."""
+    from maml_en_llm.algorithms import _AdamStep
+
+    p = torch.ones(3, requires_grad=True)
+    g = torch.tensor([1e-25, 0.0, 1.0], requires_grad=True)
+    m, v = torch.zeros(3), torch.zeros(3)
+    out = p
+    for _ in range(steps):
+        out, m, v = _AdamStep.apply(out, g * 1.0, m, v, 1e-3, 0.03, 0.9, 0.999, 1e-8)
+    out.sum().backward()
+    assert torch.isfinite(g.grad).all() and torch.isfinite(p.grad).all()

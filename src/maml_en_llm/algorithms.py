@@ -85,29 +85,37 @@ class _AdamStep(torch.autograd.Function):
         g, m_new, v_new = ctx.saved_tensors
         c, s, b1, b2, eps = ctx.constants
         need = ctx.needs_input_grad
-        tiny = torch.finfo(v_new.dtype).tiny  # where v' = 0, g = 0 too: the sqrt term is then 0, not 0 * inf
+        bound = 1 / math.sqrt(1 - b2)  # |g| / sqrt(v') <= 1 / sqrt(1 - b2) since v' >= (1 - b2) g^2
         if grad_m_new is None and grad_v_new is None and not need[2] and not need[3]:
             # the common case (one inner step): dp'/dg only:
-            # grad_g = c q ((1 - b2) / s * g m' / (denom sqrt(v')) - (1 - b1)),  q = grad_p / denom
+            # grad_g = c q ((1 - b2) / s * (g / sqrt(v')) m' / denom - (1 - b1)),  q = grad_p / denom
             grad_g = torch.empty_like(g)
             for gs, ms, vs, gps, out in _chunked(g, m_new, v_new, grad_p, grad_g):
                 root = vs.sqrt()
                 denom = root.add(eps * s).div_(s)
-                torch.mul(gs, ms, out=out).div_(denom).div_(root.clamp_min_(tiny))
+                _safe_ratio(gs, root, bound, out=out).mul_(ms).div_(denom)
                 out.mul_(c * (1 - b2) / s).sub_(c * (1 - b1)).mul_(gps).div_(denom)
             return grad_p, grad_g, None, None, None, None, None, None, None
         root = v_new.sqrt()
         denom = root.add(eps * s).div_(s)
-        root.clamp_min_(tiny)
         total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
         total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
         if grad_p is not None:
             q = grad_p / denom
             total_m.sub_(q, alpha=c)
-            total_v.add_(q * m_new / (denom * root), alpha=c / (2 * s))
+            # d p'/d v' = c m' / (2 s sqrt(v') denom^2), taken as 0 where v' = 0
+            inverse_root = torch.where(root > 0, root.reciprocal(), torch.zeros_like(root))
+            total_v.add_(q * m_new * inverse_root / denom, alpha=c / (2 * s))
         grad_g = (1 - b1) * total_m + (2 * (1 - b2)) * g * total_v
         return (grad_p if need[0] else None, grad_g, b1 * total_m if need[2] else None,
                 b2 * total_v if need[3] else None, None, None, None, None, None)
+
+
+def _safe_ratio(g: torch.Tensor, root: torch.Tensor, bound: float, out: torch.Tensor) -> torch.Tensor:
+    """g / sqrt(v') without 0/0 or underflow blow-ups: where v' = 0 (or has underflowed, g tiny) it is 0, and
+    it is clamped to its analytic bound."""
+    torch.div(g, root, out=out)
+    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0).clamp_(-bound, bound)
 
 
 CHUNK = 1 << 17  # elements: a chunk of each operand fits in cache, so a chain of elementwise ops reads memory once
