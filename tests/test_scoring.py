@@ -82,3 +82,26 @@ def test_predict_takes_lowest_loss_first_on_ties():
     assert predict([2.0, 1.0, 3.0]) == 1
     assert predict([1.5, 0.5, 0.5]) == 1
     assert predict([0.0]) == 0
+
+
+@pytest.mark.parametrize("method", ["direct", "channel"])
+def test_prefix_cache_gives_the_same_losses(tiny_model_dir, method):
+    """Scoring remainders over the demonstrations' KV cache equals scoring whole sequences (1e-5, float32),
+    including an example long enough that its prefix is cut by the cap (whole-sequence fallback)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from maml_en_llm.prompts import PromptFormat, encode_prefix, make_tokenize
+    from maml_en_llm.scoring import score_options
+    from maml_en_llm.tasks import Example
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenize = make_tokenize(tokenizer)
+    fmt = PromptFormat(method)
+    demos = [Example("t", "a" * 240, "yes", ("yes", "no")), Example("t", "bad", "no", ("yes", "no"))]
+    tests = [Example("t", text, "yes", ("yes", "no", "maybe not")) for text in ("fine", "awful movie", "z" * 240)]
+    prefix = encode_prefix(tokenize, demos, fmt)
+    cached = score_options(model, tokenizer, prefix, 2, tests, fmt, batch_size=2, tokenize=tokenize)
+    whole = score_options(model, tokenizer, prefix, 2, tests, fmt, batch_size=2, tokenize=tokenize, prefix_cache=False)
+    for row_cached, row_whole in zip(cached, whole):
+        assert row_cached == pytest.approx(row_whole, abs=1e-5)
