@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import paths
+from .paths import sha256_file
 from .errors import UserError
 from .tasks import EVAL_SEEDS, POOL_K, POOL_SEED, check_task_name, task_file
 
@@ -265,14 +266,6 @@ def write_task(root: Path, task: ConvertedTask, files: TaskFiles, meta: dict) ->
 
 
 # ---------------------------------------------------------------- archive: given, cached, or downloaded
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pip_download(folder: Path) -> Path | None:

@@ -15,7 +15,6 @@ its files is used; a corrupt or half-copied one is reported and skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,15 +24,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .paths import sha256_file
+
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -56,7 +49,7 @@ def save_checkpoint(run_dir: Path, step: int, params: dict[str, torch.Tensor], o
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-    manifest = {"step": step, "files": {name: _sha256(tmp / name) for name in FILES}}
+    manifest = {"step": step, "files": {name: sha256_file(tmp / name) for name in FILES}}
     (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     if final.exists():  # a re-run of the same step after a crash right after the rename
         shutil.rmtree(final)
@@ -78,7 +71,7 @@ def verify(path: Path) -> str | None:
         file = Path(path) / name
         if not file.is_file():
             return f"missing {name}"
-        if _sha256(file) != expected.get(name):
+        if sha256_file(file) != expected.get(name):
             return f"{name} does not match its checksum"
     return None
 

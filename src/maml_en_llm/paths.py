@@ -3,6 +3,7 @@
 One root, `$MAML_EN_LLM_CACHE` or `~/.cache/maml-en-llm`, so a user can move or wipe it in one place.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -24,3 +25,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

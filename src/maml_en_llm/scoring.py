@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import inspect
 import time
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -37,26 +38,37 @@ def pad_id_of(tokenizer) -> int:
     return 0
 
 
+@contextmanager
+def _inference(model: torch.nn.Module):
+    """Eval mode and no autograd for the block; the model's previous mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _longest_first(sequences: Sequence[TokenSequence]) -> list[int]:
+    """Indices by total length, longest first: a batch too big for memory fails at once, not after minutes."""
+    return sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]), reverse=True)
+
+
 def score_sequences(model: torch.nn.Module, sequences: Sequence[TokenSequence], pad_id: int,
                     batch_size: int) -> list[float]:
     """`lm.sequence_losses` of each (context, target) sequence, in input order, batched by similar length."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    # longest first: a batch too big for memory fails at once, not after minutes of work
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]), reverse=True)
+    order = _longest_first(sequences)
     losses = [0.0] * len(sequences)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                batch = collate([sequences[i] for i in rows], pad_id).to(device)
-                for i, loss in zip(rows, sequence_losses(model, batch).tolist()):
-                    losses[i] = loss
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = collate([sequences[i] for i in rows], pad_id).to(device)
+            for i, loss in zip(rows, sequence_losses(model, batch).tolist()):
+                losses[i] = loss
     return losses
 
 
@@ -70,40 +82,35 @@ def score_with_prefix_cache(model: torch.nn.Module, prefix: list[int], sequences
     device = next(model.parameters()).device
     cached = prefix[:-1]
     remainders = [(context[len(cached):], target) for context, target in sequences]
-    order = sorted(range(len(sequences)), key=lambda i: len(remainders[i][0]) + len(remainders[i][1]), reverse=True)
+    order = _longest_first(remainders)
     losses = [0.0] * len(sequences)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            prefix_ids = torch.tensor([cached], device=device)
-            output = model(prefix_ids, use_cache=True)
-            prefix_cache = getattr(output, "cache", None) or output.past_key_values
-            # transformers >= 5.2x calls the argument `cache`; older releases `past_key_values`
-            cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                width = max(len(remainders[i][0]) + len(remainders[i][1]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(rows), len(cached) + width), dtype=torch.long)
-                mask[:, :len(cached)] = 1
-                for row, i in enumerate(rows):
-                    context, target = remainders[i]
-                    input_ids[row, :len(context) + len(target)] = torch.tensor(context + target)
-                    mask[row, len(cached):len(cached) + len(context) + len(target)] = 1
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(rows))
-                positions = torch.arange(len(cached), len(cached) + width).expand(len(rows), -1)
-                logits = model(input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                               use_cache=True, **{cache_arg: cache}).logits
-                log_probs = torch.log_softmax(logits.float(), dim=-1)
-                for row, i in enumerate(rows):
-                    context, target = remainders[i]
-                    span = torch.arange(len(context) - 1, len(context) + len(target) - 1, device=device)
-                    picked = log_probs[row, span, torch.tensor(target, device=device)]
-                    losses[i] = -picked.mean().item()
-    finally:
-        model.train(was_training)
+    with _inference(model):
+        prefix_ids = torch.tensor([cached], device=device)
+        output = model(prefix_ids, use_cache=True)
+        prefix_cache = getattr(output, "cache", None) or output.past_key_values
+        # transformers >= 5.2x calls the argument `cache`; older releases `past_key_values`
+        cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(remainders[i][0]) + len(remainders[i][1]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), len(cached) + width), dtype=torch.long)
+            mask[:, :len(cached)] = 1
+            for row, i in enumerate(rows):
+                context, target = remainders[i]
+                input_ids[row, :len(context) + len(target)] = torch.tensor(context + target)
+                mask[row, len(cached):len(cached) + len(context) + len(target)] = 1
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(rows))
+            positions = torch.arange(len(cached), len(cached) + width).expand(len(rows), -1)
+            logits = model(input_ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                           use_cache=True, **{cache_arg: cache}).logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(rows):
+                context, target = remainders[i]
+                span = torch.arange(len(context) - 1, len(context) + len(target) - 1, device=device)
+                picked = log_probs[row, span, torch.tensor(target, device=device)]
+                losses[i] = -picked.mean().item()
     return losses
 
 
