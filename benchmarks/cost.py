@@ -104,7 +104,7 @@ def main() -> None:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"done {item}: {rows[-1]['s_per_step']:.2f} s/step, peak {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
     base = next(r for r in rows if r["method"] == "metaicl")
-    print(f"| method | inner optimizer | s/step | x metaicl | peak RSS MB | x metaicl | peak - setup MB | x metaicl |")
+    print("| method | inner optimizer | s/step | x metaicl | peak RSS MB | x metaicl | peak - setup MB | x metaicl |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         extra, base_extra = r["peak_rss_mb"] - r["rss_after_setup_mb"], base["peak_rss_mb"] - base["rss_after_setup_mb"]

@@ -192,7 +192,6 @@ def plan_compare(args, command_line: str) -> Plan:
     if args.steps is not None:
         fixed["steps"] = args.steps
     shared = make_config(args.config, overrides, **fixed)
-    trained = [m for m in methods if m != BASE]
     variants: list[tuple[str, str, str | None, dict]] = []  # (label, method, sweep value, extra overrides)
     for method in methods:
         if method == BASE:
