@@ -45,7 +45,6 @@ def test_meta_defaults_to_classification_when_options_are_shared(tmp_path):
     ({**GOOD, "input": 3}, "field 'input' must be a string"),
     ({**GOOD, "options": "yes"}, "'options' must be a list of strings"),
     ({**GOOD, "output": " "}, "empty output"),
-    ({**GOOD, "input": ""}, "empty input"),
     ({**GOOD, "output": "maybe"}, "not among the options"),
     ({**GOOD, "options": ["yes", "yes", "no"]}, "duplicates"),
     ({**GOOD, "options": ["yes", ""]}, "empty string"),
@@ -59,9 +58,17 @@ def test_bad_record_names_file_and_line(tmp_path, record, message):
     assert "\n" not in str(err.value)
 
 
-def test_empty_input_is_allowed_in_pools_like_metaicl(tmp_path):
+def test_empty_input_is_allowed_in_pools_like_metaicl(tmp_path, capsys):
     write(tmp_path / "t" / "t_16384_100_train.jsonl", [{**GOOD, "input": ""}])
     assert tasks.load_pool(tmp_path, "t")[0].input == ""
+    assert capsys.readouterr().err == ""
+
+
+def test_empty_input_in_evaluation_files_is_read_with_a_warning(tmp_path, capsys):
+    path = write(tmp_path / "t" / "t_16_100_test.jsonl", [GOOD, {**GOOD, "input": ""}, {**GOOD, "input": " "}])
+    assert [e.input for e in tasks.load_test(tmp_path, "t", 100)] == [GOOD["input"], "", " "]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and f"{path}:2: 2 record(s) with an empty input" in err
 
 
 def test_fewer_examples_than_k(tmp_path):

@@ -1,7 +1,8 @@
 """Test-time adaptation: fine-tune a copy of the model on one seed's k demonstrations, then evaluate it in context.
 
 Each demonstration is the target once, with the other k-1 (in file order) as its context, exactly as a MetaICL
-training instance (`prompts.training_sequence`). One step is one batch of all k instances under `lm.mean_loss`,
+training instance (`prompts.training_sequence`). The target is always formatted as a non-first example (with the
+separator), as in MetaICL's training instances and as the test input it prepares for: at k=1 nothing precedes it. One step is one batch of all k instances under `lm.mean_loss`,
 gradient norm clipped to 1.0. The caller's model is never touched: the copy is made before anything else.
 """
 
@@ -24,7 +25,7 @@ MAX_GRAD_NORM = 1.0
 def adaptation_sequences(tokenize: Tokenize, demonstrations: Sequence[Example], fmt: PromptFormat) -> list[TokenSequence]:
     """k training instances: demonstration i as target after the other k-1 in their order."""
     demonstrations = list(demonstrations)
-    return [training_sequence(tokenize, demonstrations[:i] + demonstrations[i + 1:], target, fmt)
+    return [training_sequence(tokenize, demonstrations[:i] + demonstrations[i + 1:], target, fmt, target_first=False)
             for i, target in enumerate(demonstrations)]
 
 

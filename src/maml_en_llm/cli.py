@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(ev)
     _add_eval_args(ev)
     ev.add_argument("--tasks", type=_str_list, default=None, help="only these test tasks (comma-separated)")
+    ev.add_argument("--format", default="auto", choices=["auto", "newline", "space"],
+                    help="MetaICL's prompt format; auto (default) = MetaICL's choice: space for a GPT-2 that was not "
+                         "meta-trained here, newline otherwise")
+    ev.add_argument("--bos", default="auto", choices=["auto", "yes", "no"],
+                    help="start every sequence with the BOS token: auto (default) = where the tokenizer's own settings "
+                         "add one (Gemma), as lm-evaluation-harness; no = MetaICL")
     ev.add_argument("--out", type=Path, required=True, help="results JSON to write")
     _add_device_args(ev)
 

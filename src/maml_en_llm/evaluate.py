@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, demonstration_loss
 from .errors import UserError
 from .metrics import metric_name, summarize, task_metric
 from .paths import atomic_write_text, default_data_dir
-from .prompts import PromptFormat, encode_prefix, make_tokenize
+from .prompts import BOS_CHOICES, FORMATS, PromptFormat, default_format, encode_prefix, make_tokenize, prompt_format
 from .scoring import predict, score_options
 from .tasks import Example, Split, check_split_data, load_demonstrations, load_split, load_task_meta, load_test
 
@@ -93,6 +94,12 @@ def load_eval_data(data_dir: Path | str | None, split: str | Split, k: int, seed
             cells.append(EvalCell(task, seed, load_demonstrations(data_dir, task, seed, k), test))
             if task not in task_types:
                 meta = load_task_meta(data_dir, task, test)
+                if not (data_dir / "config" / "tasks" / f"{task}.json").is_file():
+                    rule = "all test examples share one option list" if meta.task_type == "classification" else \
+                        "test examples have different option lists"
+                    print(f"warning: {data_dir}/config/tasks/{task}.json not found; task type guessed as "
+                          f"{meta.task_type!r} ({rule}, metric {metric_name(meta.task_type)}); add the file to "
+                          "set it", file=sys.stderr)
                 if meta.task_type not in ("classification", "multi-choice"):
                     raise UserError(f"{data_dir}/config/tasks/{task}.json: task_type {meta.task_type!r} cannot be "
                                     "scored by options; remove the task from the split's test list")
@@ -100,7 +107,12 @@ def load_eval_data(data_dir: Path | str | None, split: str | Split, k: int, seed
     return EvalData(data_dir, split, selected, tuple(seeds), k, max_test, task_types, cells)
 
 
-def check_eval_settings(k: int, batch_size: int, adapt_steps: int, adapt_lr: float, adapt_optimizer: str) -> None:
+def check_eval_settings(k: int, batch_size: int, adapt_steps: int, adapt_lr: float, adapt_optimizer: str,
+                        format: str = "auto", bos: str = "auto") -> None:
+    if format not in ("auto",) + FORMATS:
+        raise UserError(f"--format must be auto or one of {list(FORMATS)}, got {format!r}")
+    if bos not in BOS_CHOICES:
+        raise UserError(f"--bos must be one of {list(BOS_CHOICES)}, got {bos!r}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if adapt_steps < 0:
@@ -140,12 +152,29 @@ def _block(data: EvalData, per_seed: dict[str, dict[int, float]]) -> dict:
     return {"tasks": tasks, "average": average}
 
 
+def meta_trained(model: torch.nn.Module) -> bool:
+    """Whether the model was loaded from the final/ folder of a `maml-en-llm train` run (run.json beside it)."""
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if not source:
+        return False
+    path = Path(source)
+    return path.name == "final" and (path.parent / "run.json").is_file()
+
+
+def resolve_format(model: torch.nn.Module, requested: str = "auto") -> str:
+    """`--format auto` is MetaICL's choice (`prompts.default_format`): space for a GPT-2 (config.model_type
+    "gpt2") that was not meta-trained by this package, newline otherwise."""
+    if requested != "auto":
+        return requested
+    return default_format(getattr(getattr(model, "config", None), "model_type", None), meta_trained(model))
+
+
 def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: str = "direct", batch_size: int = 16,
                   adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
-                  progress: bool = True) -> dict:
+                  format: str = "auto", bos: str = "auto", progress: bool = True) -> dict:
     """Evaluate on already loaded data (see `evaluate_model`)."""
-    check_eval_settings(data.k, batch_size, adapt_steps, adapt_lr, adapt_optimizer)
-    fmt = PromptFormat(method, newlines=True)
+    check_eval_settings(data.k, batch_size, adapt_steps, adapt_lr, adapt_optimizer, format, bos)
+    fmt = prompt_format(tokenizer, method, format=resolve_format(model, format), bos=bos)
     tokenize = make_tokenize(tokenizer)
     in_context: dict[str, dict[int, float]] = {task: {} for task in data.tasks}
     adapted: dict[str, dict[int, float]] = {task: {} for task in data.tasks}
@@ -175,10 +204,12 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
     results = {
         "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
         "split": data.split.name, "split_file": data.split.source, "data_dir": str(data.data_dir),
-        "k": data.k, "method": method, "format": "newline", "seeds": list(data.seeds), "max_test": data.max_test,
-        "batch_size": batch_size,
+        "k": data.k, "method": method, "format": fmt.name, "bos": fmt.bos_id is not None, "seeds": list(data.seeds),
+        "max_test": data.max_test, "batch_size": batch_size,
         **_block(data, in_context),
         "scoring": {"sequences": stats.get("sequences", 0), "tokens": stats.get("tokens", 0),
+                    "tokens_processed": stats.get("tokens_processed", 0),
+                    "unique_tokens": stats.get("unique_tokens", 0),
                     "seconds": round(seconds, 3),
                     "sequences_per_s": stats.get("sequences", 0) / seconds if seconds else None,
                     "tokens_per_s": stats.get("tokens", 0) / seconds if seconds else None},
@@ -196,12 +227,16 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
 def evaluate_model(model: torch.nn.Module, tokenizer, *, data_dir, split, k: int, seeds: Sequence[int],
                    method: str = "direct", max_test: int | None = None, tasks: Sequence[str] | None = None,
                    batch_size: int = 16, adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
-                   progress: bool = True) -> dict:
+                   format: str = "auto", bos: str = "auto", progress: bool = True) -> dict:
     """In-context (and, with adapt_steps > 0, adapted) results of an in-memory model: the `results.json`
-    structure without command, hardware and wall time. The model's weights are left as they were."""
+    structure without command, hardware and wall time. The model's weights are left as they were.
+
+    `format`: "auto" (MetaICL's choice, `resolve_format`), "newline" or "space"; `bos`: "auto" (where the
+    tokenizer adds one), "yes" or "no" (see `prompts.prompt_format`)."""
     data = load_eval_data(data_dir, split, k, seeds, max_test, tasks)
     return evaluate_data(model, tokenizer, data, method=method, batch_size=batch_size, adapt_steps=adapt_steps,
-                         adapt_lr=adapt_lr, adapt_optimizer=adapt_optimizer, progress=progress)
+                         adapt_lr=adapt_lr, adapt_optimizer=adapt_optimizer, format=format, bos=bos,
+                         progress=progress)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -248,7 +283,8 @@ def format_table(block: dict, seeds: Sequence[int], title: str) -> str:
 
 
 def format_results(results: dict) -> str:
-    head = f"{results['model']}  k={results['k']}  {results['method']}  split {results['split']}"
+    head = (f"{results['model']}  k={results['k']}  {results['method']}  {results['format']} format"
+            f"{'  BOS' if results.get('bos') else ''}  split {results['split']}")
     text = format_table(results, results["seeds"], f"In-context: {head}")
     if "adapted" in results:
         a = results["adaptation"]
@@ -266,7 +302,8 @@ def run_eval(args, command_line: str) -> None:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a folder; give the path of the results JSON file to write")
-    check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer)
+    check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer,
+                        args.format, args.bos)
     data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks)
     from .models import load_model_and_tokenizer, parse_dtype, pick_device
 
@@ -274,7 +311,7 @@ def run_eval(args, command_line: str) -> None:
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     results = evaluate_data(model, tokenizer, data, method=args.method, batch_size=args.batch_size,
                             adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr,
-                            adapt_optimizer=args.adapt_optimizer, progress=True)
+                            adapt_optimizer=args.adapt_optimizer, format=args.format, bos=args.bos, progress=True)
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["command"] = command_line

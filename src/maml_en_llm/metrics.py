@@ -1,9 +1,10 @@
 """Task metrics (MetaICL's definitions) and the statistics that compare methods. Pure functions, no I/O.
 
 Every metric is in percent (0-100). Classification tasks use Macro-F1, multi-choice tasks accuracy, exactly as
-MetaICL's `MetaICLData.evaluate`: the F1 of each class *present in the gold labels* is averaged; a gold class that
-is never predicted has F1 0; a predicted class absent from gold lowers the recall of the gold classes it was
-wrongly given to but has no F1 of its own.
+MetaICL's `MetaICLData.evaluate`: predictions and gold labels are compared after stripping surrounding whitespace;
+the F1 of each class *present in the gold labels* is averaged; a gold class that is never predicted has F1 0; a
+predicted class absent from gold lowers the recall of the gold classes it was wrongly given to but has no F1 of
+its own.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ from scipy import stats
 METRIC_OF_TASK_TYPE = {"classification": "macro_f1", "multi-choice": "accuracy"}
 
 
-def _check_pairs(predictions: Sequence, golds: Sequence) -> None:
+def _stripped_pairs(predictions: Sequence[str], golds: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Both lists with surrounding whitespace stripped, as MetaICL compares them ("yes " counts as "yes")."""
     if len(predictions) != len(golds):
         raise ValueError(f"{len(predictions)} predictions for {len(golds)} gold labels")
     if not golds:
         raise ValueError("no examples to score")
+    return [p.strip() for p in predictions], [g.strip() for g in golds]
 
 
 def accuracy(predictions: Sequence[str], golds: Sequence[str]) -> float:
-    """Percent of predictions equal to their gold label."""
-    _check_pairs(predictions, golds)
+    """Percent of predictions equal to their gold label (whitespace-stripped)."""
+    predictions, golds = _stripped_pairs(predictions, golds)
     return 100.0 * sum(p == g for p, g in zip(predictions, golds)) / len(golds)
 
 
 def macro_f1(predictions: Sequence[str], golds: Sequence[str]) -> float:
-    """Mean F1 over the classes present in `golds`, in percent (MetaICL's Macro-F1)."""
-    _check_pairs(predictions, golds)
+    """Mean F1 over the classes present in `golds`, in percent (MetaICL's Macro-F1; whitespace-stripped labels)."""
+    predictions, golds = _stripped_pairs(predictions, golds)
     f1s = []
     for label in dict.fromkeys(golds):  # gold classes, first-seen order
         true_positives = sum(p == g == label for p, g in zip(predictions, golds))

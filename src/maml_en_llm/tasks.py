@@ -14,6 +14,7 @@ what to do (`UserError`, exit code 2). Nothing here writes files.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -62,7 +63,7 @@ def task_file(data_dir: Path, task: str, k: int, seed: int, split: str) -> Path:
     return Path(data_dir) / task / f"{task}_{k}_{seed}_{split}.jsonl"
 
 
-def _record_problem(record: object, task: str, allow_empty_input: bool) -> str | None:
+def _record_problem(record: object, task: str) -> str | None:
     """What is wrong with one record, or None."""
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
@@ -80,8 +81,6 @@ def _record_problem(record: object, task: str, allow_empty_input: bool) -> str |
         return f"task field {record['task']!r} does not match its folder {task!r}"
     if not record["output"].strip():
         return "empty output"
-    if not allow_empty_input and not record["input"].strip():
-        return "empty input (an evaluation example needs text to classify)"
     if any(not o.strip() for o in options):
         return "options contain an empty string"
     if len(set(options)) != len(options):
@@ -95,13 +94,13 @@ def _record_problem(record: object, task: str, allow_empty_input: bool) -> str |
 def read_examples(path: Path, task: str, *, allow_empty_input: bool = False) -> list[Example]:
     """Read and validate one jsonl file of `task`.
 
-    Empty inputs are accepted only where MetaICL's format allows them (meta-training pools: MetaICL separates
-    such a demonstration with "\\n\\n"); in evaluation files they are an error.
+    Empty inputs are read as MetaICL reads them (its prompt separates such an example with "\\n\\n"); MetaICL's own
+    data has some. Outside meta-training pools (`allow_empty_input=False`) they also get a warning on stderr.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found; build the data with `maml-en-llm data bigbench` or pass --data-dir")
-    examples = []
+    examples, empty_inputs = [], []
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
@@ -110,12 +109,17 @@ def read_examples(path: Path, task: str, *, allow_empty_input: bool = False) -> 
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg}); fix or remove the line") from None
-            problem = _record_problem(record, task, allow_empty_input)
+            problem = _record_problem(record, task)
             if problem:
                 raise UserError(f"{path}:{line_no}: {problem}; fix or remove the record")
+            if not record["input"].strip():
+                empty_inputs.append(line_no)
             examples.append(Example(record["task"], record["input"], record["output"], tuple(record["options"])))
     if not examples:
         raise UserError(f"{path}: no records; the file must hold at least one example")
+    if empty_inputs and not allow_empty_input:
+        print(f"warning: {path}:{empty_inputs[0]}: {len(empty_inputs)} record(s) with an empty input; read as MetaICL "
+              "reads them", file=sys.stderr)
     return examples
 
 
