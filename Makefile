@@ -1,4 +1,4 @@
-# Everything a fresh machine needs: `make demo` (the main job) and `make test`. Both create .venv first.
+# Everything a fresh machine needs: `make demo` (the main job), `make test` and `make bench`. All create .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 # Elsewhere, e.g.: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# e.g. make bench BENCH_ARGS="--only scoring --repeats 1"
+BENCH_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +26,15 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m maml_en_llm.demo
+
+# The benchmark-only extra (lm-evaluation-harness, the reference scorer) on top of the dev install.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+# Scoring vs lm-evaluation-harness and naive scoring, BIG-bench build time, meta-step cost: docs/benchmarks.md.
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -183,3 +183,75 @@ def test_adaptation_instances_hold_out_each_demo_in_file_order(tokenizer):
         training_sequence(tokenize, [demos[0], demos[2]], demos[1], fmt),
         training_sequence(tokenize, [demos[0], demos[1]], demos[2], fmt),
     ]
+
+
+# --- MetaICL parity: format choice, BOS, empty inputs, missing task metadata -----------------------------------
+
+
+class FakeModel(torch.nn.Linear):
+    """A stand-in model with the config fields the format choice reads."""
+
+    def __init__(self, model_type, source=""):
+        super().__init__(1, 1)
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(model_type=model_type, _name_or_path=source)
+
+
+def test_format_auto_is_metaicls_choice(monkeypatch, tokenizer, tiny_data_dir, tmp_path):
+    run_final = tmp_path / "run" / "final"
+    run_final.mkdir(parents=True)
+    (run_final.parent / "run.json").write_text("{}")
+    for model, requested, expected in ((FakeModel("gpt2"), "auto", "space"), (FakeModel("llama"), "auto", "newline"),
+                                       (FakeModel("gpt2", str(run_final)), "auto", "newline"),
+                                       (FakeModel("gpt2", str(tmp_path)), "auto", "space"),
+                                       (FakeModel("gpt2"), "newline", "newline"), (FakeModel("llama"), "space", "space")):
+        scorer = RecordingScorer(lambda e: e.output)
+        monkeypatch.setattr(evaluate, "score_options", scorer)
+        results = evaluate.evaluate_model(model, tokenizer, data_dir=tiny_data_dir, split="tiny", k=1, seeds=[13],
+                                          tasks=["cls_c"], format=requested, progress=False)
+        assert results["format"] == expected and scorer.calls[0]["fmt"].name == expected, (model.config, requested)
+        assert evaluate.resolve_format(model, requested) == expected
+
+
+def test_bos_where_the_tokenizer_adds_one(monkeypatch, tiny_data_dir):
+    from test_prompts import bos_adding_tokenizer
+
+    tokenizer = bos_adding_tokenizer()
+    for bos, expected in (("auto", 257), ("yes", 257), ("no", None)):
+        scorer = RecordingScorer(lambda e: e.output)
+        monkeypatch.setattr(evaluate, "score_options", scorer)
+        results = evaluate.evaluate_model(FakeModel("gemma3_text"), tokenizer, data_dir=tiny_data_dir, split="tiny",
+                                          k=2, seeds=[13], tasks=["cls_c"], bos=bos, progress=False)
+        assert scorer.calls[0]["fmt"].bos_id == expected and results["bos"] is (expected is not None)
+        assert (scorer.calls[0]["prefix"][0] == 257) is (expected is not None)
+    # the same format reaches the adaptation (training) sequences
+    demos = [Example("t", w, "x", ("x", "y")) for w in ("aa", "bb")]
+    for context, _ in adaptation_sequences(make_tokenize(tokenizer), demos, PromptFormat("direct", bos_id=257)):
+        assert context[0] == 257 and context.count(257) == 1
+
+
+def test_empty_inputs_and_missing_task_metadata_warn_and_evaluate(model, tokenizer, tiny_data_dir, capsys):
+    path = tiny_data_dir / "cls_c" / "cls_c_16_13_test.jsonl"
+    records = read_jsonl(path)
+    records[1]["input"] = ""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tiny_data_dir / "config" / "tasks" / "cls_c.json").unlink()
+    results = evaluate.evaluate_model(model, tokenizer, data_dir=tiny_data_dir, split="tiny", k=2, seeds=[13],
+                                      tasks=["cls_c"], max_test=3, progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: {path}:2: 1 record(s) with an empty input" in err
+    assert "cls_c.json not found; task type guessed as 'classification'" in err and "macro_f1" in err
+    assert results["tasks"]["cls_c"]["task_type"] == "classification" and results["tasks"]["cls_c"]["n_test"] == {"13": 3}
+
+
+def test_cli_format_bos_and_scoring_counts(tiny_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "results.json"
+    assert main(eval_args(tiny_model_dir, tiny_data_dir, out, "--format", "space", "--bos", "no")) == 0
+    results = json.loads(out.read_text())
+    assert results["format"] == "space" and results["bos"] is False
+    scoring = results["scoring"]
+    assert 0 < scoring["tokens_processed"] < scoring["unique_tokens"] < scoring["tokens"]
+    out.unlink()
+    assert main(eval_args(tiny_model_dir, tiny_data_dir, out, "--bos", "yes")) == 2  # the tiny tokenizer has no BOS
+    assert not out.exists()

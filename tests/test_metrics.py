@@ -84,3 +84,11 @@ def test_paired_test_pairs_mappings_by_common_keys_and_degenerate_cases():
 def test_result_cells_flattens_task_by_seed():
     block = {"tasks": {"t1": {"per_seed": {"100": 1.0, "13": 2.0}}, "t2": {"per_seed": {"100": 3.0}}}}
     assert result_cells(block) == {("t1", "100"): 1.0, ("t1", "13"): 2.0, ("t2", "100"): 3.0}
+
+
+def test_labels_are_compared_after_stripping_whitespace_like_metaicl():
+    from maml_en_llm.metrics import accuracy, macro_f1
+
+    assert accuracy(["yes ", "\tno"], ["yes", "no"]) == 100.0
+    # " yes" and "yes" are one class: all correct, one F1 of 1 per class
+    assert macro_f1([" yes", "no", "yes"], ["yes", "no ", "yes"]) == 100.0

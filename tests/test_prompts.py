@@ -145,3 +145,111 @@ def test_instruction_comes_first_and_makes_demos_non_first(tok):
 def test_unknown_method_rejected():
     with pytest.raises(ValueError):
         PromptFormat("sideways")
+
+
+# --- BOS, format choice and MetaICL's per-example truncation --------------------------------------------------
+
+
+def test_bos_starts_every_sequence_and_counts_towards_the_cap(tok):
+    fmt = PromptFormat("direct", bos_id=257)
+    prefix = encode_prefix(tok, [ex("ab", "x")], fmt)
+    assert prefix == [257] + b("ab") + b("\nx")
+    # the BOS does not make the first demonstration or a zero-shot test input "non-first"
+    assert scoring_sequences(tok, [257], 0, ex("cd", "x"), fmt)[0] == ([257] + b("cd"), b("\nx"))
+    context, target = training_sequence(tok, [ex("ab", "x")], ex("cd", "y"), fmt)
+    assert context == [257] + b("ab") + b("\nx") + [NL2, 10] + b("cd") and target == b("\ny")
+    # past the cap, tokens are dropped after the BOS, never the BOS itself; the total stays within the cap
+    context, target = training_sequence(tok, [ex("g" * 250, "x"), ex("h" * 250, "y")], ex("i" * 250, "x"), fmt)
+    assert context[0] == 257 and len(context) + len(target) == 512 and context[-250:] == b("i" * 250)
+    # without a BOS format nothing is added (MetaICL)
+    assert encode_prefix(tok, [ex("ab", "x")], PromptFormat("direct"))[0] == ord("a")
+
+
+def bos_adding_tokenizer():
+    """The test tokenizer with "<eos>" (257) as its BOS, prepended by its post-processor (as Gemma's tokenizer does)."""
+    from tokenizers import processors
+
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer()
+    tok.bos_token = "<eos>"
+    tok._tokenizer.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 257)])
+    return tok
+
+
+def test_tokenizer_bos_id_follows_what_the_tokenizer_does(tokenizer):
+    from conftest import make_tokenizer
+
+    from maml_en_llm.prompts import tokenizer_bos_id
+
+    assert tokenizer_bos_id(tokenizer) is None  # no BOS token at all
+    has_but_skips = make_tokenizer()
+    has_but_skips.bos_token = "<eos>"  # a BOS token its settings never add (like SmolLM2's)
+    assert has_but_skips.bos_token_id == 257 and tokenizer_bos_id(has_but_skips) is None
+    adds = bos_adding_tokenizer()
+    assert adds("ab")["input_ids"] == [257, 97, 98]
+    assert tokenizer_bos_id(adds) == 257
+
+
+def test_prompt_format_bos_choices(tokenizer):
+    from maml_en_llm.errors import UserError
+    from maml_en_llm.prompts import prompt_format
+
+    adds = bos_adding_tokenizer()
+    assert prompt_format(adds, "channel").bos_id == 257 and prompt_format(adds).method == "direct"
+    assert prompt_format(adds, bos="no").bos_id is None and prompt_format(adds, bos="yes").bos_id == 257
+    assert prompt_format(tokenizer, bos="auto").bos_id is None
+    with pytest.raises(UserError, match="no BOS token"):
+        prompt_format(tokenizer, bos="yes")
+    assert prompt_format(adds, format="space").newlines is False and prompt_format(adds).name == "newline"
+    with pytest.raises(UserError):
+        prompt_format(adds, format="tabs")
+    with pytest.raises(UserError):
+        prompt_format(adds, bos="maybe")
+
+
+def test_default_format_is_metaicls_choice():
+    from maml_en_llm.prompts import default_format
+
+    assert default_format("gpt2") == "space"
+    assert default_format("gpt2", meta_trained=True) == "newline"
+    assert default_format("llama") == default_format("gemma3_text") == default_format(None) == "newline"
+
+
+def test_long_option_cuts_the_input_with_metaicls_negative_slice(tok):
+    fmt = PromptFormat("direct")
+    option = "o" * 259  # "\n" + 259 = 260 tokens: bound 254 - 260 = -6
+    seqs = scoring_sequences(tok, [], 0, ex("b" * 20, "x", ("x", option)), fmt)
+    assert seqs[0][0] == b("b" * 14)  # MetaICL's input_tokens[:-6], not an empty input
+    assert seqs[1][1] == b("\n" + option)  # options are never cut
+    # 254 - len("\n" + option) == 0: the input is emptied, as in MetaICL
+    assert scoring_sequences(tok, [], 0, ex("b" * 20, "x", ("x", "o" * 253)), fmt)[0][0] == []
+
+
+def test_long_outputs_are_fit_with_metaicls_rules():
+    from maml_en_llm.prompts import fit_example
+
+    ids = lambda n, v=1: [v] * n  # noqa: E731
+    # the general rule: the input keeps its first 254 - len(output) tokens
+    assert fit_example("t", ids(300), ids(4, 2)) == (ids(250), ids(4, 2))
+    assert fit_example("t", ids(10), ids(254, 2)) == ([], ids(254, 2))
+    # inst: tasks cut the output when the input is the shorter
+    assert fit_example("inst:x", ids(100), ids(200, 2)) == (ids(100), ids(154, 2))
+    # inst:piqa / inst:yahoo_answers_topics: 128 input and 126 output tokens
+    assert fit_example("inst:piqa:y", ids(300), ids(200, 2)) == (ids(128), ids(126, 2))
+    # an output of 255+ tokens, where MetaICL would stop with an assertion: its inst: rules
+    assert fit_example("t", ids(10), ids(300, 2)) == (ids(10), ids(244, 2))
+    assert fit_example("t", ids(400), ids(300, 2)) == (ids(128), ids(126, 2))
+    for task, n_in, n_out in (("t", 10, 300), ("t", 400, 300), ("inst:a", 260, 300), ("t", 0, 255)):
+        fitted_in, fitted_out = fit_example(task, ids(n_in), ids(n_out, 2))
+        assert len(fitted_in) + len(fitted_out) <= 254 and fitted_out
+
+
+def test_adaptation_target_is_formatted_non_first_at_k1(tokenizer):
+    from maml_en_llm.adapt import adaptation_sequences
+
+    tok = make_tokenize(tokenizer)
+    fmt = PromptFormat("direct")
+    (context, target), = adaptation_sequences(tok, [ex("ab", "x")], fmt)
+    assert context == [NL2, 10] + b("ab") and target == b("\nx")  # as the test input after one demonstration
+    assert training_sequence(tok, [], ex("ab", "x"), fmt) == (b("ab"), b("\nx"))  # multitask 0-shot stays first

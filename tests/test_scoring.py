@@ -200,13 +200,27 @@ def test_bos_prefix_and_zero_shot_share_correctly(model, tokenizer):
                                          for c, t in sequences], abs=1e-5)
 
 
-def test_sliding_window_model(sliding_model):
-    """Longer than the window: A + B run contiguously over the prefix (exact); within it: fully shared."""
+def test_sliding_window_model(sliding_model, monkeypatch):
+    """Longer than the window: A + B run contiguously over the prefix (exact); within it: fully shared. Test inputs
+    (A) of different lengths, each with three options (B), as in direct scoring."""
+    from maml_en_llm import scoring
+
+    contiguous_calls = []
+    original = scoring._score_contiguous
+    monkeypatch.setattr(scoring, "_score_contiguous", lambda *a: contiguous_calls.append(1) or original(*a))
     rng = random.Random(1)
-    prefix = [rng.randrange(250) for _ in range(5)]
-    for body, target in (((0, 6), (1, 6)), ((0, 1), (1, 2))):
-        sequences = random_sequences(rng, prefix, 12, body, target)
+    for prefix_length, input_lengths, option_lengths, past_window in ((5, (1, 3, 6, 2), (2, 5), True),
+                                                                      (5, (1, 0, 3), (1, 2), True),
+                                                                      (3, (1, 0, 2), (1, 3), False)):
+        prefix = [rng.randrange(250) for _ in range(prefix_length)]
+        sequences = []
+        for n in input_lengths:
+            test_input = [rng.randrange(250) for _ in range(n)]
+            sequences += [(prefix + test_input, [rng.randrange(250) for _ in range(rng.randint(*option_lengths))])
+                          for _ in range(3)]
+        contiguous_calls.clear()
         shared, _ = score_shared(sliding_model, prefix, sequences, pad_id=258, batch_size=4)
+        assert bool(contiguous_calls) is past_window
         assert shared == pytest.approx([brute_force_loss(sliding_model, c, t) for c, t in sequences], abs=1e-5)
         assert score_sequences(sliding_model, sequences, 258, 4) == pytest.approx(shared, abs=1e-5)
 

@@ -76,6 +76,22 @@ def _longest_first(sequences: Sequence[TokenSequence]) -> list[int]:
     return sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]), reverse=True)
 
 
+def _batches(items: list, lengths: list[int], batch_size: int) -> list[list]:
+    """Consecutive runs of `items` (in the given order) of at most `batch_size`, cut early where padding would grow:
+    a batch's segment lengths stay within 8 tokens or a quarter of its longest of each other."""
+    batches, current, low, high = [], [], 0, 0
+    for item, length in zip(items, lengths):
+        new_low, new_high = min(low, length) if current else length, max(high, length) if current else length
+        if current and (len(current) == batch_size or new_high - new_low > max(8, new_high // 4)):
+            batches.append(current)
+            current, new_low, new_high = [], length, length
+        current.append(item)
+        low, high = new_low, new_high
+    if current:
+        batches.append(current)
+    return batches
+
+
 def unique_tokens(sequences: Sequence[TokenSequence]) -> int:
     """Distinct token prefixes over all (context + target) sequences: the node count of their token trie."""
     ordered = sorted(tuple(context) + tuple(target) for context, target in sequences)
@@ -149,23 +165,18 @@ def _cache_rows(cache, rows: list[int]):
 
         def pick(t): return t.index_select(0, index.to(t.device))
     selected = copy.copy(cache)
-    if hasattr(cache, "layers"):
-        selected.layers = []
-        for layer in cache.layers:
-            layer = copy.copy(layer)
-            if getattr(layer, "keys", None) is not None and layer.keys.numel():
-                layer.keys, layer.values = pick(layer.keys), pick(layer.values)
-            selected.layers.append(layer)
-    else:  # transformers before the per-layer cache objects
-        selected.key_cache = [pick(t) if t.numel() else t for t in cache.key_cache]
-        selected.value_cache = [pick(t) if t.numel() else t for t in cache.value_cache]
+    selected.layers = []
+    for layer in cache.layers:  # per-layer cache objects: transformers >= 4.56
+        layer = copy.copy(layer)
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys, layer.values = pick(layer.keys), pick(layer.values)
+        selected.layers.append(layer)
     return selected
 
 
 def _cache_batch(cache) -> int:
-    tensors = [layer.keys for layer in cache.layers if getattr(layer, "keys", None) is not None] \
-        if hasattr(cache, "layers") else list(cache.key_cache)
-    return next(t.shape[0] for t in tensors if t.numel())
+    return next(layer.keys.shape[0] for layer in cache.layers
+                if getattr(layer, "keys", None) is not None and layer.keys.numel())
 
 
 def _extend(model: torch.nn.Module, frame: _Frame, parents: list[int], segments: list[list[int]], pad_id: int,
@@ -268,8 +279,7 @@ def _score_tree(model: torch.nn.Module, prefix: list[int], splits: list[tuple[li
         keys = list(unique)
         order = _child_order([(row, list(rest)) for row, rest in keys], batch_size)
         count = 0
-        for start in range(0, len(order), batch_size):
-            chunk = [keys[j] for j in order[start:start + batch_size]]
+        for chunk in _batches([keys[j] for j in order], [len(keys[j][1]) - 1 for j in order], batch_size):
             logits, _ = _extend(model, frame, [row for row, _ in chunk], [list(rest[:-1]) for _, rest in chunk],
                                 pad_id, 0, cache_arg)
             for key, total in zip(chunk, _target_log_probs(logits, [list(rest) for _, rest in chunk])):
@@ -291,8 +301,7 @@ def _score_tree(model: torch.nn.Module, prefix: list[int], splits: list[tuple[li
             processed += run_children(root, prefix_last, [(0, i, 0) for i in groups.pop(())])
         segments = {a: list(a) + _common_start([splits[i][1] for i in groups[a]]) for a in groups}
         distinct = sorted(groups, key=lambda a: len(segments[a]), reverse=True)
-        for start in range(0, len(distinct), batch_size):
-            chunk = distinct[start:start + batch_size]
+        for chunk in _batches(distinct, [len(segments[a]) for a in distinct], batch_size):
             lengths = [len(segments[a]) for a in chunk]
             keep = max(lengths) - min(len(a) for a in chunk) + 1
             logits, frame = _extend(model, root, [0] * len(chunk), [segments[a] for a in chunk], pad_id, keep,
@@ -304,7 +313,8 @@ def _score_tree(model: torch.nn.Module, prefix: list[int], splits: list[tuple[li
                 shared = segments[a][len(a):]  # the targets' common start, scored here for all of them
                 positions = torch.arange(len(a) - 1, len(segments[a]), device=logits.device) - offset
                 log_probs = torch.log_softmax(logits[row, positions].float(), dim=-1)
-                common = float(log_probs[torch.arange(len(shared)), torch.tensor(shared, dtype=torch.long)].sum()) \
+                on = log_probs.device
+                common = float(log_probs[torch.arange(len(shared), device=on), torch.tensor(shared, device=on)].sum()) \
                     if shared else 0.0
                 firsts.append(log_probs[-1])
                 for i in groups[a]:
@@ -318,11 +328,13 @@ def _score_tree(model: torch.nn.Module, prefix: list[int], splits: list[tuple[li
 def _score_contiguous(model, root: _Frame, prefix_last, splits, pad_id: int, batch_size: int, cache_arg: str,
                       log_likelihood: list[float]) -> int:
     """The sliding-window fallback: A + B[:-1] of each sequence as one segment over the prefix's cache."""
-    runs = [i for i, (_, b) in enumerate(splits) if b]
+    for i, (a, b) in enumerate(splits):
+        if not a and len(b) == 1:  # nothing to run: P's last logits predict it
+            log_likelihood[i] = float(prefix_last[0, b[0]])
+    runs = [i for i, (a, b) in enumerate(splits) if len(a) + len(b) > 1]
     runs.sort(key=lambda i: len(splits[i][0]) + len(splits[i][1]), reverse=True)
     processed = 0
-    for start in range(0, len(runs), batch_size):
-        chunk = runs[start:start + batch_size]
+    for chunk in _batches(runs, [len(splits[i][0]) + len(splits[i][1]) - 1 for i in runs], batch_size):
         segments = [splits[i][0] + splits[i][1][:-1] for i in chunk]
         logits, _ = _extend(model, root, [0] * len(chunk), segments, pad_id, 0, cache_arg)
         log_probs = torch.log_softmax(logits.float(), dim=-1)

@@ -1,0 +1,146 @@
+"""`make bench`: run every benchmark once and write their figures into docs/benchmarks.md.
+
+Steps, each a subprocess whose exact command is recorded in the document:
+
+1. data: `maml-en-llm data bigbench --out <tmp>`, timed (the BIG-bench collection the scoring workloads then read);
+2. scoring: `benchmarks/scoring.py` (ours vs naive vs lm-evaluation-harness; raw numbers in docs/scoring.json);
+3. cost: `benchmarks/cost.py` (seconds and peak memory per meta-step; raw numbers in docs/cost.json), whose
+   Markdown output is inserted as it is.
+
+Only the generated blocks of docs/benchmarks.md change: each sits between `<!-- make bench: NAME -->` and
+`<!-- /make bench: NAME -->`; everything outside them is hand-written and kept. A block whose markers are missing is
+appended at the end.
+
+    python benchmarks/bench.py                       # what `make bench` runs
+    python benchmarks/bench.py --only scoring --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ("data", "scoring", "cost")
+
+
+def run(command: list[str], label: str) -> tuple[str, float]:
+    """Run a step, streaming its stderr; its stdout and wall seconds. A failure stops the benchmark."""
+    print(f"== {label}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        raise SystemExit(f"{label} failed (exit {result.returncode}) after {seconds:.0f} s: {shlex.join(command)}")
+    return result.stdout, seconds
+
+
+def shown(command: list[str], replacements: dict[str, str]) -> str:
+    """A command as the document shows it: the venv's python as `python`, temporary paths as placeholders."""
+    text = shlex.join(["python" if part == sys.executable else part for part in command])
+    for path, name in replacements.items():
+        text = text.replace(path, name)
+    return text
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    from maml_en_llm.provenance import cpu_name, git_commit
+
+    try:
+        import lm_eval
+
+        lm_eval_version = lm_eval.__version__
+    except ImportError:
+        lm_eval_version = None
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    return {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "memory_gib": round(memory_gib, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "lm_eval": lm_eval_version, "git_commit": git_commit()}
+
+
+def replace_block(document: str, name: str, body: str) -> str:
+    start, end = f"<!-- make bench: {name} -->", f"<!-- /make bench: {name} -->"
+    block = f"{start}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(document):
+        return pattern.sub(lambda _: block, document)
+    return document.rstrip() + "\n\n" + block + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps among {', '.join(STEPS)}")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the scoring benchmark")
+    parser.add_argument("--cost-steps", type=int, default=3, help="timed meta-steps per cost configuration")
+    parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    steps = [s for s in args.only.split(",") if s]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise SystemExit(f"--only: unknown step {unknown[0]!r}; choose among {', '.join(STEPS)}")
+
+    started = time.perf_counter()
+    blocks, commands = {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        data_dir = Path(tmp) / "bigbench"
+        placeholders = {str(data_dir): "<tmp>/bigbench", str(Path(tmp)): "<tmp>"}
+        if "data" in steps:
+            command = [sys.executable, "-m", "maml_en_llm", "data", "bigbench", "--out", str(data_dir)]
+            output, seconds = run(command, "data")
+            manifest = json.loads((data_dir / "MANIFEST.json").read_text())
+            counts = manifest.get("counts", {})
+            commands.append((shown(command, placeholders), seconds))
+            blocks["data"] = (f"`{shown(command, placeholders)}`: **{seconds:.0f} s** wall, "
+                              f"{counts.get('tasks', '?')} tasks written from {counts.get('task_json_files', '?')} "
+                              "task files (the sdist is downloaded once into the cache; a cached archive is only "
+                              "hashed, so this is the conversion time).")
+        if "scoring" in steps:
+            source = ["--data-dir", str(data_dir)] if "data" in steps else []
+            command = [sys.executable, "benchmarks/scoring.py", *source, "--repeats", str(args.repeats),
+                       "--json", "docs/scoring.json"]
+            output, seconds = run(command, "scoring")
+            commands.append((shown(command, placeholders), seconds))
+            report = json.loads((ROOT / "docs" / "scoring.json").read_text())
+            blocks["scoring"] = (f"`{shown(command, placeholders)}` ({seconds:.0f} s wall; model {report['model']}, "
+                                 f"float32, {report['torch_threads']} torch thread(s), batch size "
+                                 f"{report['batch_size']} for ours and lm-eval, lm-eval {report['lm_eval']}, median "
+                                 f"of {report['repeats']} interleaved rounds):\n\n{output.strip()}")
+        if "cost" in steps:
+            command = [sys.executable, "benchmarks/cost.py", "--steps", str(args.cost_steps), "--json",
+                       "docs/cost.json"]
+            output, seconds = run(command, "cost")
+            commands.append((shown(command, placeholders), seconds))
+            blocks["cost"] = f"`{shown(command, placeholders)}` ({seconds:.0f} s wall):\n\n{output.strip()}"
+
+    total = time.perf_counter() - started
+    info = machine()
+    gpu = info["gpu"] or "no GPU"
+    lines = [f"Last `make bench` run: {info['cpu']}, {info['cpu_count']} cores, {info['memory_gib']} GiB RAM, {gpu}; "
+             f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, "
+             f"lm-eval {info['lm_eval']}; commit `{info['git_commit']}`. Steps run: {', '.join(steps)}; "
+             f"**{total:.0f} s** wall in all (`python benchmarks/bench.py`, without the set-up `make` does first).",
+             "", "| step | command | wall s |", "|---|---|---|"]
+    lines += [f"| {label} | `{command}` | {seconds:.0f} |" for label, (command, seconds) in zip(steps, commands)]
+    blocks["run"] = "\n".join(lines)
+    document = args.doc.read_text() if args.doc.exists() else "# Benchmarks\n"
+    for name, body in blocks.items():
+        document = replace_block(document, name, body)
+    args.doc.write_text(document)
+    print(f"wrote {args.doc.relative_to(ROOT)} ({', '.join(blocks)}) in {total:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
