@@ -7,6 +7,7 @@ unknown keys, wrong types and out-of-range values are one-line errors naming the
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -110,6 +111,8 @@ def _coerce(name: str, value: object, where: str) -> object:
                 pass
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # NaN slips through every range check below
+            raise UserError(f"{where}: {name} must be a finite number, got {value}")
     elif hint is str:
         ok = isinstance(value, str)
     else:  # adam_betas
