@@ -1,96 +1,20 @@
-"""Every user mistake we know of, through the real CLI entry: exit code 2, one `error: ...` line naming the file,
-line, field or flag, no traceback, and nothing written (see cli_checks.py). Each case id appears in
-docs/reliability.md with the message it produced."""
+"""Every mistake in data files, split files, recipes, key=value overrides and command-line flags, through the real
+CLI entry: exit code 2, one `error: ...` line naming the file, line, field or flag, no traceback, and nothing
+written (see cli_checks.py). Model and output paths: test_bad_paths.py. docs/reliability.md lists each case id
+with the message it produced."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from cli_checks import assert_one_line_error
+from cli_checks import Cases, Ctx, assert_one_line_error, compare, evaluate, places, registry, set_line, set_record, train
 
-TRAIN_RECIPE = ["steps=1", "k=1", "tasks_per_step=2", "support_size=1", "query_size=1"]
-
-
-@dataclass
-class Ctx:
-    tmp: Path
-    data: Path
-    model: Path
-
-    @property
-    def out(self) -> Path:  # a run / compare folder
-        return self.tmp / "out"
-
-    @property
-    def results(self) -> Path:  # eval's results file
-        return self.tmp / "out" / "results.json"
-
-    def pool(self, task: str) -> Path:
-        return self.data / task / f"{task}_16384_100_train.jsonl"
-
-    def test_file(self, task: str, seed: int = 100) -> Path:
-        return self.data / task / f"{task}_16_{seed}_test.jsonl"
-
-    def demo_file(self, task: str, seed: int = 100) -> Path:
-        return self.data / task / f"{task}_16_{seed}_train.jsonl"
-
-    def split(self, content, name: str = "split.json") -> str:
-        path = self.tmp / name
-        path.write_bytes(content if isinstance(content, bytes) else json.dumps(content).encode())
-        return str(path)
-
-    def model_copy(self) -> Path:
-        copy = self.tmp / "model"
-        if not copy.exists():
-            shutil.copytree(self.model, copy)
-        return copy
-
-
-def train(ctx: Ctx, *extra: str, split: str = "tiny", method: str = "metaicl") -> list[str]:
-    return ["train", "--method", method, "--model", str(ctx.model), "--data-dir", str(ctx.data), "--split", split,
-            "--out", str(ctx.out), *TRAIN_RECIPE, *extra]
-
-
-def evaluate(ctx: Ctx, *extra: str, split: str = "tiny", model: Path | None = None) -> list[str]:
-    return ["eval", "--model", str(model or ctx.model), "--data-dir", str(ctx.data), "--split", split,
-            "--out", str(ctx.results), "--k", "1", "--seeds", "100", "--max-test", "2", *extra]
-
-
-def compare(ctx: Ctx, *extra: str, split: str = "tiny") -> list[str]:
-    return ["compare", "--model", str(ctx.model), "--data-dir", str(ctx.data), "--split", split, "--out",
-            str(ctx.out), "--methods", "none,metaicl", "--steps", "1", "--k", "1", "--seeds", "100", "--max-test",
-            "2", *extra, "tasks_per_step=2", "support_size=1", "query_size=1"]
-
-
-def set_line(path: Path, line_no: int, content: bytes) -> None:
-    lines = path.read_bytes().splitlines(keepends=True)
-    lines[line_no - 1] = content + b"\n"
-    path.write_bytes(b"".join(lines))
-
-
-def set_record(path: Path, line_no: int, **fields) -> None:
-    record = json.loads(path.read_bytes().splitlines()[line_no - 1])
-    record.update(fields)
-    set_line(path, line_no, json.dumps({k: v for k, v in record.items() if v is not ...}).encode())
-
-
-CASES: dict[str, Callable[[Ctx], tuple[list[str], list[str]]]] = {}
-
-
-def case(name: str):
-    def register(build):
-        CASES[name] = build
-        return build
-    return register
+CASES: Cases = {}
+case = registry(CASES)
 
 
 # ---------------------------------------------------------------- data files
@@ -454,153 +378,28 @@ def _(ctx):
     return compare(ctx, "--methods", "maml", "--sweep", "inner_lrr=1e-3,1e-2"), ["--sweep inner_lrr: not a recipe field"]
 
 
-# ---------------------------------------------------------------- model paths
-
-@case("model-folder-without-config")
-def _(ctx):
-    model = ctx.model_copy()
-    (model / "config.json").unlink()
-    return evaluate(ctx, model=model), [f"--model {model}", "no config.json"]
-
-
-@case("model-folder-without-weights")
-def _(ctx):
-    model = ctx.model_copy()
-    (model / "model.safetensors").unlink()
-    return train(ctx, "--model", str(model)), [f"--model {model}", "no file named model.safetensors"]
-
-
-@case("model-weights-corrupt")
-def _(ctx):
-    model = ctx.model_copy()
-    (model / "model.safetensors").write_bytes(b"\x00" * 64)
-    return evaluate(ctx, model=model), [f"--model {model}", "cannot load it"]
-
-
-@case("model-folder-without-tokenizer")
-def _(ctx):
-    model = ctx.model_copy()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        (model / name).unlink(missing_ok=True)
-    return evaluate(ctx, model=model), [f"--model {model}", "cannot load it"]
-
-
-@case("model-not-found")
-def _(ctx):
-    return train(ctx, "--model", "./no-such-model"), ["--model ./no-such-model", "not a local folder"]
-
-
-# ---------------------------------------------------------------- output paths
-
-@case("out-train-is-a-file")
-def _(ctx):
-    ctx.out.write_text("notes")
-    return train(ctx), [f"--out {ctx.out}", "is a file, not a folder"]
-
-
-@case("out-compare-is-a-file")
-def _(ctx):
-    ctx.out.write_text("notes")
-    return compare(ctx), [f"--out {ctx.out}", "is a file, not a folder"]
-
-
-@case("out-eval-under-a-file")
-def _(ctx):
-    ctx.out.write_text("notes")
-    return evaluate(ctx), [f"--out {ctx.results}", f"{ctx.out} is a file"]
-
-
-@case("out-eval-is-a-folder")
-def _(ctx):
-    ctx.results.mkdir(parents=True)
-    return evaluate(ctx), [f"--out {ctx.results}", "is a folder"]
-
-
-@case("out-train-under-a-file")
-def _(ctx):
-    (ctx.tmp / "runs").write_text("notes")
-    argv = train(ctx)
-    argv[argv.index("--out") + 1] = str(ctx.tmp / "runs" / "r1")
-    return argv, [f"{ctx.tmp / 'runs'} is a file"]
-
-
-@case("out-train-not-empty")
-def _(ctx):
-    ctx.out.mkdir()
-    (ctx.out / "notes.txt").write_text("mine")
-    return train(ctx), [str(ctx.out), "folder exists and is not empty"]
-
-
-@case("out-train-holds-a-run")
-def _(ctx):
-    ctx.out.mkdir()
-    (ctx.out / "config.yaml").write_text("steps: 1\n")
-    return train(ctx), [str(ctx.out), "already holds a run; pass --resume"]
-
-
-# ---------------------------------------------------------------- the checks
+# ---------------------------------------------------------------- the check
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_writes_nothing(name, tmp_path, tiny_data_dir, tiny_model_dir, capsys):
     ctx = Ctx(tmp_path, tiny_data_dir, tiny_model_dir)
     argv, needles = CASES[name](ctx)
-    places = {"DATA": ctx.data, "MODEL": ctx.model, "TMP": ctx.tmp}
-    message = assert_one_line_error(capsys, argv, needles, tmp_path, case=name, places=places)
+    message = assert_one_line_error(capsys, argv, needles, tmp_path, case=name, places=places(ctx))
     if name in ("k-larger-than-pool", "support-query-pool-too-small"):
         # wording belongs to episodes.py; what must hold is: the task, its pool size, exit 2, nothing written
         pool = {"k-larger-than-pool": 4, "support-query-pool-too-small": 3}[name]
         assert "cls_a" in message and re.search(rf"\b{pool}\b", message), message
 
 
-def test_there_are_at_least_30_distinct_cases():
-    assert len(CASES) >= 30
-    kinds = {name.split("-")[0] for name in CASES}
-    assert {"data", "split", "override", "recipe", "flag", "model", "out"} <= kinds
+def test_overlap_is_accepted_with_the_flag_and_recorded(tmp_path, tiny_data_dir, tiny_model_dir):
+    from maml_en_llm.cli import main
 
-
-def _make_read_only(folder: Path) -> Callable[[], None] | None:
-    """Make `folder` refuse new files, even for root; returns the undo, or None when this machine cannot."""
-    folder.chmod(0o555)
-    if not _writable(folder):
-        return lambda: folder.chmod(0o755)
-    if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
-        if not _writable(folder):
-            return lambda: (subprocess.run(["chattr", "-i", str(folder)], check=True), folder.chmod(0o755))
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    folder.chmod(0o755)
-    return None
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        (folder / ".probe").write_text("x")
-    except OSError:
-        return False
-    (folder / ".probe").unlink()
-    return True
-
-
-@pytest.mark.parametrize("command", ["train", "eval", "compare"])
-def test_read_only_output_folder(command, tmp_path, tiny_data_dir, tiny_model_dir, capsys):
     ctx = Ctx(tmp_path, tiny_data_dir, tiny_model_dir)
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    undo = _make_read_only(locked)
-    if undo is None:
-        pytest.skip("running as root where chmod does not block writes, and chattr +i is unavailable")
-    try:
-        argv = {"train": train, "eval": evaluate, "compare": compare}[command](ctx)
-        target = locked / ("results.json" if command == "eval" else "run")
-        argv[argv.index("--out") + 1] = str(target)
-        places = {"DATA": ctx.data, "MODEL": ctx.model, "TMP": ctx.tmp}
-        assert_one_line_error(capsys, argv, [f"--out {target}", f"cannot write in {locked}"], tmp_path,
-                              case=f"out-read-only-{command}", places=places)
-    finally:
-        undo()
-
-
-def test_docs_list_every_case():
-    doc = (Path(__file__).parent.parent / "docs" / "reliability.md").read_text()
-    names = [*CASES, *(f"out-read-only-{c}" for c in ("train", "eval", "compare"))]
-    missing = [name for name in names if f"`{name}`" not in doc]
-    assert not missing, f"docs/reliability.md does not list {missing}"
+    split = ctx.split({"train": ["cls_a", "cls_c"], "test": ["cls_c", "cls_d"]})
+    assert main([*train(ctx, split=split), "--allow-train-test-overlap"]) == 0
+    run = json.loads((ctx.out / "run.json").read_text())
+    assert run["allow_train_test_overlap"] is True and run["train_test_overlap"] == ["cls_c"]
+    assert main([*compare(ctx, "--methods", "metaicl", split=split), "--allow-train-test-overlap",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    compared = json.loads(next((tmp_path / "cmp" / "runs").glob("metaicl-*/run.json")).read_text())
+    assert compared["train_test_overlap"] == ["cls_c"]
