@@ -18,7 +18,7 @@ from .errors import UserError
 
 METHODS = ("metaicl", "maml", "fomaml", "reptile", "ict", "multitask0")
 MAML_FAMILY = ("maml", "fomaml", "reptile")
-INNER_OPTIMIZERS = ("shared-adam", "sgd", "adam")
+INNER_OPTIMIZERS = ("shared-adam-copy", "shared-adam-chain", "sgd", "adam")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainConfig:
     query_size: int = 2  # instances per task in the query (validation) batch, disjoint from support
     inner_steps: int = 1  # gradient steps on the support batch per task (maml, fomaml, reptile)
     inner_lr: float = 1e-5  # learning rate of the inner steps
-    inner_optimizer: str = "shared-adam"  # shared-adam | sgd | adam (see algorithms.py)
+    inner_optimizer: str = "shared-adam-copy"  # shared-adam-copy | shared-adam-chain | sgd | adam (algorithms.py)
     max_examples_per_task: int | None = None  # cap each training task's pool (limited-data setting); null = full
     checkpoint_every: int = 50  # write a checkpoint every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
@@ -57,6 +57,9 @@ class TrainConfig:
             raise bad("method", f"is not one of {list(METHODS)}")
         if self.prompt not in ("direct", "channel"):
             raise bad("prompt", "must be direct or channel")
+        if self.inner_optimizer == "shared-adam":
+            raise bad("inner_optimizer", "is ambiguous: choose shared-adam-copy (inner steps start from the outer "
+                      "AdamW's moments, private copies) or shared-adam-chain (inner steps write into them)")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise bad("inner_optimizer", f"is not one of {list(INNER_OPTIMIZERS)}")
         for name in ("steps", "tasks_per_step", "support_size", "query_size"):
@@ -78,6 +81,9 @@ class TrainConfig:
             raise bad("max_examples_per_task", "must be at least 2 (or null/full for the whole pool)")
         if self.method == "reptile" and self.inner_steps < 1:
             raise bad("inner_steps", "must be at least 1 for reptile (its update is theta - adapted theta)")
+        if self.method == "reptile" and self.inner_optimizer == "shared-adam-chain":
+            raise bad("inner_optimizer", "does not fit reptile: its inner gradients would fill the moments its "
+                      "pseudo-gradient is stepped with; use shared-adam-copy, adam or sgd")
 
     @property
     def demonstrations(self) -> int:

@@ -24,9 +24,10 @@ from . import distributed
 from .algorithms import InnerOptimizer, ensure_adam_state, sync_shared_moments, task_function
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
-from .episodes import TaskData, check_pools, sample_episode
+from .episodes import TaskData, check_pools, sample_episode, unique_pool
 from .errors import UserError
 from .paths import atomic_write_text, default_data_dir
+from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
 
@@ -45,15 +46,22 @@ def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str) ->
     check_split_data(split, data_dir, parts=("train",))
     tasks = []
     for name in split.train:
-        pool = load_pool(data_dir, name, config.max_examples_per_task)
-        instruction = load_task_meta(data_dir, name, pool).instruction if config.method == "ict" else None
-        tasks.append(TaskData(name, tuple(pool), instruction))
+        pool = unique_pool(load_pool(data_dir, name))[:config.max_examples_per_task]
+        instruction = load_task_meta(data_dir, name, list(pool)).instruction if config.method == "ict" else None
+        tasks.append(TaskData(name, pool, instruction))
     check_pools(tasks, config.demonstrations, config.support_size, config.query_size)
     return tasks
 
 
-def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
+# run.json fields that must match for --resume: the same model, data, precision, world size and code
+RUN_IDENTITY = ("model", "data_dir", "split", "dtype", "world_size", "package_version", "git_commit")
+
+
+def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity: dict) -> None:
+    """Refuse to write into a foreign or non-empty folder, and to resume a run made differently."""
     saved = out_dir / "config.yaml"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file; give a folder for the run")
     if not saved.exists():
         if out_dir.exists() and any(out_dir.iterdir()) and not resume:
             raise UserError(f"{out_dir}: folder exists and is not empty; choose another --out")
@@ -65,6 +73,26 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
     if changed:
         raise UserError(f"{saved}: --resume with a different recipe ({', '.join(changed)} changed); "
                         "use the original settings or a new --out")
+    run_json = out_dir / "run.json"
+    if run_json.exists():
+        recorded = json.loads(run_json.read_text())
+        for key in RUN_IDENTITY:
+            if key in recorded and recorded[key] != identity[key]:
+                raise UserError(f"{run_json}: --resume with a different {key} (run: {recorded[key]!r}, now: "
+                                f"{identity[key]!r}); resume with the original {key} or start a new --out")
+
+
+def _resume_checkpoint(out_dir: Path) -> Path | None:
+    """The newest valid checkpoint; None when the run never wrote one. When checkpoints exist but none verifies,
+    resuming would silently restart from step 0 and discard the run's metrics: refuse instead."""
+    from .checkpoint import checkpoint_dir
+
+    found = sorted(checkpoint_dir(out_dir).glob("step-*"))
+    checkpoint = latest_valid(out_dir)
+    if found and checkpoint is None:
+        raise UserError(f"{checkpoint_dir(out_dir)}: none of the {len(found)} checkpoint(s) verifies (see the "
+                        "warnings above); restore one from a backup or start a new --out")
+    return checkpoint
 
 
 def _schedule(config: TrainConfig):
@@ -88,9 +116,12 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     if (out_dir / "final" / "config.json").exists() and resume:
         print(f"{out_dir}: already finished; final model in {out_dir / 'final'}")
         return out_dir / "final"
-    _prepare_run_dir(out_dir, config, resume)
-    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
     _, world, _ = distributed.init_from_env()
+    run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
+                "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
+    _prepare_run_dir(out_dir, config, resume, run_info)
+    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
 
@@ -107,12 +138,11 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
                            shared=optimizer, shared_params=params)
     step_task = task_function(config.method, inner, config.inner_steps)
-    shares_moments = config.method in MAML_FAMILY and config.inner_optimizer == "shared-adam" and config.inner_steps > 0
+    shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
     tokenize = make_tokenize(tokenizer)
     fmt = PromptFormat(config.prompt)
 
     start_step, total_tokens = 0, 0
-    checkpoint = latest_valid(out_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, params, optimizer, scheduler)
         start_step, total_tokens = state["step"], state["tokens"]
@@ -121,9 +151,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
         atomic_write_text(out_dir / "run.json", json.dumps({
-            "model": model_name, "data_dir": str(data_dir), "split": split, "train_tasks": [t.name for t in tasks],
-            "device": str(next(iter(params.values())).device), "dtype": dtype, "world_size": world,
-            "command": command}, indent=1))
+            **run_info, "train_tasks": [t.name for t in tasks], "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not (progress and main_rank),
