@@ -11,6 +11,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -20,13 +21,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, recompute
 from .algorithms import InnerOptimizer, ensure_adam_state, sync_shared_moments, task_function
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
 from .episodes import TaskData, check_pools, sample_episode, unique_pool
 from .errors import UserError
+from .lora import apply_lora, save_lora_run
 from .paths import atomic_write_text, default_data_dir
+from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
@@ -82,6 +85,24 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity:
                                 f"{identity[key]!r}); resume with the original {key} or start a new --out")
 
 
+def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
+    """The model as training uses it: fp32 master weights (a bf16 frozen base under LoRA + bfloat16), eager
+    attention for second-order MAML (SDPA and flash have no double backward), LoRA adapters and activation
+    recomputation when the recipe asks; in train mode."""
+    from .models import load_model_and_tokenizer
+
+    second_order = config.method == "maml" and config.inner_steps > 0
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=storage_dtype(dtype, config.lora_rank > 0),
+                                                device=device, attn_implementation="eager" if second_order else None)
+    if config.lora_rank:
+        model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                           targets=config.lora_targets)
+    if config.gradient_checkpointing:
+        recompute.enable(model)
+    model.train()
+    return model, tokenizer
+
+
 def _resume_checkpoint(out_dir: Path) -> Path | None:
     """The newest valid checkpoint; None when the run never wrote one. When checkpoints exist but none verifies,
     resuming would silently restart from step 0 and discard the run's metrics: refuse instead."""
@@ -109,8 +130,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
           progress: bool = True) -> Path:
     """Meta-train and return the final HF folder."""
-    from .models import load_model_and_tokenizer, pick_device, save_model
+    from .models import pick_device, save_model
 
+    dtype = check_update_dtype(dtype)
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if (out_dir / "final" / "config.json").exists() and resume:
@@ -126,11 +148,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
 
     torch.manual_seed(config.seed)
-    second_order = config.method == "maml" and config.inner_steps > 0
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=pick_device(device),
-                                                attn_implementation="eager" if second_order else None)
-    model.train()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    target = pick_device(device)
+    model, tokenizer = build_model(config, model_name, dtype, target)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # adapters only with LoRA
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=tuple(config.adam_betas),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     ensure_adam_state(optimizer)
@@ -164,7 +184,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                                  use_instructions=config.method == "ict")
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
-                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm)
+                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
+                          compute=lambda: autocast(dtype, target))
         scheduler.step()
 
         seconds = time.perf_counter() - started
@@ -190,21 +211,26 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
 
     final = out_dir / "final"
     if main_rank:
-        save_model(model, tokenizer, final)
+        if config.lora_rank:
+            save_lora_run(model, tokenizer, out_dir / "adapter", final, model_name)
+            print(f"adapter: {out_dir / 'adapter'}")
+        else:
+            save_model(model, tokenizer, final)
         print(f"final model: {final}")
     distributed.barrier()
     return final
 
 
 def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimizer, pad_id: int, *,
-              shares_moments: bool, max_grad_norm: float) -> dict:
+              shares_moments: bool, max_grad_norm: float, compute=contextlib.nullcontext) -> dict:
     """One outer update: sum this rank's task contributions in `.grad`, sum across ranks, average over the
     meta-batch's tasks, clip, step the outer AdamW. Returns the step's mean loss, mean inner loss, tokens and
-    gradient norm."""
+    gradient norm. `compute` is the context each task's forward/backward runs in (precision.autocast)."""
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
     for task_episode in distributed.shard(episode):
-        result = step_task(model, params, task_episode, pad_id)
+        with compute():  # the model's compute precision (bf16 autocast, or nothing)
+            result = step_task(model, params, task_episode, pad_id)
         stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
     for p in params.values():
         if p.grad is None:  # a rank with no task this step still takes part in the sum
