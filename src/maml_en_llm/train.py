@@ -85,6 +85,14 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity:
                                 f"{identity[key]!r}); resume with the original {key} or start a new --out")
 
 
+def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize) -> list:
+    """The episode of meta-step `step` under this recipe (a pure function of the recipe, the tasks and step)."""
+    return sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
+                          k=config.demonstrations, support_size=config.support_size, query_size=config.query_size,
+                          tokenize=tokenize, fmt=PromptFormat(config.prompt), use_instructions=config.method == "ict",
+                          train_labels=config.train_labels)
+
+
 def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
     """The model as training uses it: fp32 master weights (a bf16 frozen base under LoRA + bfloat16), eager
     attention for second-order MAML (SDPA and flash have no double backward), LoRA adapters and activation
@@ -160,7 +168,6 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     step_task = task_function(config.method, inner, config.inner_steps)
     shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
     tokenize = make_tokenize(tokenizer)
-    fmt = PromptFormat(config.prompt)
 
     start_step, total_tokens = 0, 0
     if checkpoint is not None:
@@ -178,10 +185,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                desc=f"train {config.method}", unit="step")
     for step in bar:
         started = time.perf_counter()
-        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
-                                 k=config.demonstrations, support_size=config.support_size,
-                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
-                                 use_instructions=config.method == "ict")
+        episode = episode_of(config, tasks, step, tokenize)
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
                           shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
