@@ -5,6 +5,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
     RUN_DIR/config.yaml      the resolved recipe (a resumed run must match it)
     RUN_DIR/run.json         model, data, split, command line
     RUN_DIR/metrics.jsonl    one line per meta-step
+    RUN_DIR/validation.jsonl in-context and zero-shot dev scores every eval_every steps (validation.py)
     RUN_DIR/checkpoints/     see checkpoint.py
     RUN_DIR/final/           HF folder (safetensors + tokenizer) that `eval` and plain transformers load
 """
@@ -33,6 +34,7 @@ from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
+from .validation import load_validation, validate
 
 
 def run_train(args, command_line: str) -> None:
@@ -151,6 +153,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
     tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    validation = load_validation(config, data_dir, split) if config.eval_every else None
     checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
@@ -180,6 +183,18 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         atomic_write_text(out_dir / "run.json", json.dumps({
             **run_info, "train_tasks": [t.name for t in tasks], "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
+        _truncate_metrics(out_dir / "validation.jsonl", start_step)
+    compute = lambda: autocast(dtype, target)  # noqa: E731  (the model's compute precision)
+
+    def run_validation(step: int) -> None:
+        if validation is not None and main_rank:
+            record = {"step": step, "total_tokens": total_tokens,
+                      **validate(model, tokenizer, validation, config.prompt, compute)}
+            with open(out_dir / "validation.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    if start_step == 0:
+        run_validation(0)
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not (progress and main_rank),
                desc=f"train {config.method}", unit="step")
@@ -189,7 +204,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
                           shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
-                          compute=lambda: autocast(dtype, target))
+                          compute=compute)
         scheduler.step()
 
         seconds = time.perf_counter() - started
@@ -206,6 +221,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                 handle.write(json.dumps(record) + "\n")
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             last = step + 1 == config.steps
+            if config.eval_every and (last or (step + 1) % config.eval_every == 0):
+                run_validation(step + 1)
             if last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
                 save_checkpoint(out_dir, step + 1, params, optimizer, scheduler,
                                 {"tokens": total_tokens, "sampler": {"seed": config.seed, "next_step": step + 1}},
