@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")
     cmp_.add_argument("--allow-train-test-overlap", action="store_true",
-                    help="accept a split whose train and test lists share tasks (refused otherwise: the test "
-                         "tasks would leak into meta-training); recorded in run.json")
+                      help="accept a split whose train and test lists share tasks (refused otherwise: the test "
+                           "tasks would leak into meta-training); recorded in each run's run.json")
     cmp_.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields shared by all methods")
     _add_device_args(cmp_)
     return parser
