@@ -45,7 +45,10 @@ def assert_one_line_error(capsys, argv: list[str], needles: list[str], watched: 
     """Run the real CLI entry and check the refusal; returns the message (without `error: `)."""
     capsys.readouterr()
     before = snapshot(watched)
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own checks (an unknown flag, a non-integer) exit from parse_args
+        code = exit_.code
     captured = capsys.readouterr()
     err_lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == 2, f"exit code {code}, stderr: {captured.err[-2000:]}"

@@ -368,6 +368,35 @@ def _(ctx):
     return evaluate(ctx, "--device", "cuda"), ["--device cuda: CUDA is not available"]
 
 
+@case("flag-not-an-integer")
+def _(ctx):
+    argv = evaluate(ctx)
+    argv[argv.index("--k") + 1] = "four"
+    return argv, ["maml-en-llm eval: argument --k: invalid int value: 'four'", "see `maml-en-llm eval --help`"]
+
+
+@case("flag-bad-seed-list")
+def _(ctx):
+    return evaluate(ctx, "--seeds", "100,x"), ["argument --seeds: expected comma-separated integers, got '100,x'"]
+
+
+@case("flag-invalid-choice")
+def _(ctx):
+    return evaluate(ctx, "--dtype", "float8"), ["argument --dtype: invalid choice: 'float8'"]
+
+
+@case("flag-unknown")
+def _(ctx):
+    return train(ctx, "--k", "4"), ["maml-en-llm: unrecognized arguments: --k"]
+
+
+@case("flag-required-missing")
+def _(ctx):
+    argv = train(ctx)
+    del argv[argv.index("--method"):argv.index("--method") + 2]
+    return argv, ["maml-en-llm train: the following arguments are required: --method"]
+
+
 @case("flag-compare-unknown-method")
 def _(ctx):
     return compare(ctx, "--methods", "none,mamll"), ["--methods: unknown method 'mamll'"]

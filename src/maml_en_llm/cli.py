@@ -57,8 +57,16 @@ def _add_eval_args(p: argparse.ArgumentParser, k_default: int | None = 16) -> No
     p.add_argument("--adapt-optimizer", default="adam", choices=["sgd", "adam"], help="adaptation optimizer")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake is one `error:` line (exit code 2) like every other mistake, instead
+    of the usage text followed by the error. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maml-en-llm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="maml-en-llm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="build offline task collections")
