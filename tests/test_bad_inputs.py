@@ -11,7 +11,8 @@ import re
 import pytest
 import torch
 
-from cli_checks import Cases, Ctx, assert_one_line_error, compare, evaluate, places, registry, set_line, set_record, train
+from cli_checks import (Cases, Ctx, assert_one_line_error, compare, evaluate, places, registry, set_line, set_record,
+                        train)
 
 CASES: Cases = {}
 case = registry(CASES)
@@ -404,7 +405,8 @@ def _(ctx):
 
 @case("flag-compare-bad-sweep")
 def _(ctx):
-    return compare(ctx, "--methods", "maml", "--sweep", "inner_lrr=1e-3,1e-2"), ["--sweep inner_lrr: not a recipe field"]
+    argv = compare(ctx, "--methods", "maml", "--sweep", "inner_lrr=1e-3,1e-2")
+    return argv, ["--sweep inner_lrr: not a recipe field"]
 
 
 # ---------------------------------------------------------------- the check

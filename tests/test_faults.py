@@ -62,6 +62,11 @@ def steps_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def timeless_metrics(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "tokens_per_s")}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def one_error_line(capsys) -> str:
     """The run's one `error:` line, its last words (progress bars of the steps that ran come before it)."""
     err = capsys.readouterr().err
@@ -312,9 +317,7 @@ def test_kill_9_while_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path
     assert len(calls) == 2  # steps 3 and 4 again, from the step-2 checkpoint
     assert_same_weights(out / "final", reference / "final")
     assert steps_logged(out) == [1, 2, 3, 4]
-    same = lambda run: [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "tokens_per_s")}  # noqa: E731
-                        for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert same(out) == same(reference)
+    assert timeless_metrics(out) == timeless_metrics(reference)
 
 
 COMPARE_RECIPE = ["tasks_per_step=2", "support_size=1", "query_size=1", "lr=1e-3", "inner_lr=1e-2",

@@ -34,7 +34,8 @@ from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .scoring import pad_id_of
-from .tasks import check_split_data, check_train_test_overlap, load_pool, load_split, load_task_meta, train_test_overlap
+from .tasks import (check_split_data, check_train_test_overlap, load_pool, load_split, load_task_meta,
+                    train_test_overlap)
 from .validation import load_validation, validate
 
 
@@ -157,7 +158,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
-    tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)  # bad data fails before the model loads
+    # bad data fails here, before the model loads
+    tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)
     validation = load_validation(config, data_dir, split) if config.eval_every else None
     checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
