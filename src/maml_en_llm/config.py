@@ -62,9 +62,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self, where: str = "recipe") -> None:
+    def validate(self, sources: dict[str, str] | None = None) -> None:
+        """Range and combination checks; `sources` names where each field was set (file or argument)."""
+        sources = sources or {}
+
         def bad(field: str, why: str) -> UserError:
-            return UserError(f"{where}: {field}={getattr(self, field)!r} {why}")
+            source = sources.get(field, "recipe")
+            where = "" if source.startswith(f"{field}=") else f"{source}: "  # a key=value argument names itself
+            return UserError(f"{where}{field}={getattr(self, field)!r} {why}")
 
         for f in fields(self):
             value = getattr(self, f.name)
@@ -94,7 +99,8 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.adam_eps <= 0:
-            raise UserError(f"{where}: weight_decay, max_grad_norm must be >= 0 and adam_eps > 0")
+            field = "adam_eps" if self.adam_eps <= 0 else "weight_decay" if self.weight_decay < 0 else "max_grad_norm"
+            raise bad(field, "must be > 0" if field == "adam_eps" else "must be >= 0")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise bad("adam_betas", "must be two numbers in [0, 1)")
         if self.max_examples_per_task is not None and self.max_examples_per_task < 2:
@@ -225,7 +231,7 @@ def make_config(recipe: Path | None = None, overrides: dict | None = None, **fix
     for name, field in _FIELDS.items():
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         setattr(config, name, values.get(name, default))
-    config.validate(where=", ".join(sorted(set(sources.values()))) or "recipe")
+    config.validate(sources)
     return config
 
 
