@@ -90,7 +90,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         return out_dir / "final"
     _prepare_run_dir(out_dir, config, resume)
     tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
-    _, world, _ = distributed.init_from_env()
+    _, world, _ = distributed.init_from_env(device)
     main_rank = distributed.is_main()
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
 
@@ -116,6 +116,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, params, optimizer, scheduler)
         start_step, total_tokens = state["step"], state["tokens"]
+    distributed.check_same_on_all_ranks(start_step, f"{out_dir}: the step to resume from",
+                                        "put --out on a filesystem that every node shares")
     metrics_path = out_dir / "metrics.jsonl"
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +185,7 @@ def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimi
             p.grad = torch.zeros_like(p)
     distributed.all_reduce_sum_([*(p.grad for p in params.values()), stats])
     if shares_moments:
-        sync_shared_moments(optimizer, distributed.world_size())
+        sync_shared_moments(optimizer, distributed.world_size(), len(episode))
     n_tasks = stats[3].item()
     for p in params.values():
         p.grad.div_(n_tasks)
