@@ -212,7 +212,10 @@ def test_torchrun_with_one_fixed_gpu_is_refused(monkeypatch):
 
 # ---- real processes: torchrun, 2 gloo ranks ----
 
-SMALL = dict(steps=2, k=1, support_size=1, query_size=1, lr=1e-3, inner_lr=1e-2, checkpoint_every=0)
+# adam_eps 1e-6 (not 1e-8) bounds how far Adam's ~g/|g| steps amplify rounding differences of near-zero gradient
+# entries: the ranks add the tasks' contributions in another order than one process does.
+SMALL = dict(steps=2, k=1, support_size=1, query_size=1, lr=1e-3, inner_lr=1e-2, adam_eps=1e-6,
+             checkpoint_every=0)
 LORA = dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0)  # no dropout: its randomness is drawn per rank
 # name -> recipe; tasks_per_step 3 puts 2 tasks on rank 0 and 1 on rank 1, tasks_per_step 1 leaves rank 1 idle
 RUNS = {
@@ -286,8 +289,8 @@ def assert_same_run(multi: Path, single: Path) -> None:
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-8), f"step {a['step']}: {key}"
     # Weights: the order of summation differs (rank 0 adds tasks 0 and 2, then the ranks' sums are added), and
-    # Adam's first steps, ~sign(g), can turn rounding in an entry whose gradient is ~0 into up to lr (1e-3) of
-    # change. 1e-5 is 1% of lr; a wrong average or a lost task moves nearly every weight by about lr.
+    # Adam's steps, ~g/(|g| + eps), turn rounding in an entry whose gradient is ~0 into more than rounding.
+    # 1e-5 is 1% of lr; a wrong average or a lost task moves nearly every weight by about lr.
     files = sorted(p.relative_to(single) for p in single.rglob("*.safetensors"))
     assert files and files == sorted(p.relative_to(multi) for p in multi.rglob("*.safetensors"))
     for relative in files:
@@ -299,9 +302,10 @@ def assert_same_run(multi: Path, single: Path) -> None:
     for relative in (p.relative_to(single) for p in single.rglob("optimizer.pt")):
         one, two = (torch.load(root / relative, weights_only=True)["state"] for root in (single, multi))
         assert one.keys() == two.keys()
-        for index in one:
+        for index in one:  # moments: 0.1% of each tensor's scale (the gradients of step 2 inherit the above)
             for key in one[index]:
-                torch.testing.assert_close(two[index][key], one[index][key], rtol=1e-5, atol=1e-7,
+                scale = float(one[index][key].abs().max())
+                torch.testing.assert_close(two[index][key], one[index][key], rtol=1e-3, atol=1e-3 * scale,
                                            msg=lambda m: f"optimizer state {index} {key}: {m}")
 
 
@@ -326,7 +330,7 @@ def test_documented_torchrun_launch_equals_one_process(tmp_path, tiny_data_dir, 
     """`torchrun ... -m maml_en_llm train ...`, exactly as the README launches it (gloo on CPU here)."""
     args = ["train", "--method", "maml", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
             "--split", "tiny", "--device", "cpu", "steps=2", "k=1", "tasks_per_step=3", "support_size=1",
-            "query_size=1", "inner_optimizer=sgd", "lr=1e-3", "inner_lr=1e-2"]
+            "query_size=1", "inner_optimizer=sgd", "lr=1e-3", "inner_lr=1e-2", "adam_eps=1e-6"]
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
     torchrun = Path(sys.executable).parent / "torchrun"
     done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "maml_en_llm", *args,
