@@ -167,8 +167,10 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
             record["tokens"].append(stats["tokens"])
         return stats
 
-    patches = [(train_module, "meta_step", timed_step), (train_module, "save_checkpoint", lambda *a, **k: None),
-               (models, "save_model", lambda *a, **k: None)]
+    skip_write = lambda *a, **k: None  # noqa: E731
+    patches = [(train_module, "meta_step", timed_step), (models, "save_model", skip_write)]
+    patches += [(train_module, name, skip_write) for name in ("save_checkpoint", "save_lora_run")
+                if hasattr(train_module, name)]
     originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
     overrides = dict(method=spec["method"], steps=args.steps + 1, tasks_per_step=args.tasks_per_step, k=args.k,
                      support_size=2, query_size=2, checkpoint_every=0, lr=1e-5, inner_lr=1e-5)

@@ -26,11 +26,11 @@ def gpu_step():
 
 
 def test_tiny_rows_on_cpu(gpu_step, tmp_path, capsys):
-    real = (train_module.meta_step, train_module.save_checkpoint, models.save_model)
+    real = (train_module.meta_step, train_module.save_checkpoint, train_module.save_lora_run, models.save_model)
     rows = gpu_step.main(["--models", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "1", "--k", "1",
                           "--example-chars", "30", "--tasks-per-step", "2", "--methods", "metaicl,fomaml,maml",
                           "--variants", "full,lora", "--in-process", "--json", str(tmp_path / "rows.json")])
-    assert (train_module.meta_step, train_module.save_checkpoint, models.save_model) == real
+    assert (train_module.meta_step, train_module.save_checkpoint, train_module.save_lora_run, models.save_model) == real
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
     assert [(r["variant"], r["method"]) for r in rows] == [
         (v, m) for v in ("full", "lora") for m in ("metaicl", "fomaml", "maml")]

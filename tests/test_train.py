@@ -20,10 +20,10 @@ SMALL = dict(steps=3, k=2, tasks_per_step=2, support_size=1, query_size=1, lr=1e
              checkpoint_every=2)
 
 
-def run(tmp_path, data_dir, model_dir, name="run", resume=False, **fields):
+def run(tmp_path, data_dir, model_dir, name="run", resume=False, device=None, **fields):
     config = make_config(overrides={**SMALL, **fields})
     return train(config, model_name=str(model_dir), data_dir=data_dir, split="tiny", out_dir=tmp_path / name,
-                 resume=resume, progress=False)
+                 resume=resume, device=device, progress=False)
 
 
 def weights(folder):
@@ -31,8 +31,8 @@ def weights(folder):
 
 
 @pytest.mark.parametrize("method", ["metaicl", "maml", "fomaml", "reptile", "ict", "multitask0"])
-def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, tiny_model_dir, method):
-    final = run(tmp_path, tiny_data_dir, tiny_model_dir, method=method)
+def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, tiny_model_dir, method, device):
+    final = run(tmp_path, tiny_data_dir, tiny_model_dir, method=method, device=str(device))
     before, after = weights(tiny_model_dir), weights(final)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -41,7 +41,8 @@ def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, ti
         assert r["tokens"] > 0 and r["grad_norm"] > 0 and r["seconds"] > 0 and r["loss"] > 0
         assert ("query_loss" in r) == (method in ("maml", "fomaml"))
     AutoModelForCausalLM.from_pretrained(final)  # plain transformers loads the result
-    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "run.json").exists()
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["device"].startswith(device.type)
 
 
 def first_episode(data_dir, model_dir, config):
