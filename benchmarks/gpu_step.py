@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra recipe fields for every row, e.g. --set gradient_checkpointing=true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the device")
     parser.add_argument("--work-dir", default=None, help="where model folders and data go (default: a temp dir)")
-    parser.add_argument("--json", default=None, help="write the rows here")
+    parser.add_argument("--json", default=None, help="write the rows here (rewritten after every row)")
+    parser.add_argument("--row-timeout", type=int, default=300, help="seconds before a row is given up")
+    parser.add_argument("--table", default=None, metavar="JSON", help="only print the table of rows saved by --json")
     parser.add_argument("--in-process", action="store_true",
                         help="run every row in this process (quick checks; peak memory is then not per row)")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row in this process
@@ -82,13 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    if args.table:
+        rows = json.loads(Path(args.table).read_text())
+        print_table(rows)
+        return rows
     if args.row:
         print("ROW " + json.dumps(run_row(args, json.loads(args.row))))
         return []
     rows = run_all(args)
     print_table(rows)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -110,6 +114,8 @@ def run_all(args) -> list[dict]:
                         rows.append(run_row(args, spec, work) if args.in_process else run_child(args, spec, work))
                     print(f"done {shape} {variant} {method}: " + (rows[-1].get("skipped") or rows[-1].get("error")
                           or f"{rows[-1]['s_per_step']:.3f} s/step"), file=sys.stderr, flush=True)
+                    if args.json:  # after every row, so a run cut short keeps what it measured
+                        Path(args.json).write_text(json.dumps(rows, indent=1))
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -124,7 +130,10 @@ def run_child(args, spec: dict, work: Path) -> dict:
     command += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
     for item in args.overrides:
         command += ["--set", item]
-    done = subprocess.run(command, capture_output=True, text=True)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+        return {key: spec[key] for key in ("model", "method", "variant")} | {"error": f"over {args.row_timeout} s"}
     found = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
     if done.returncode or not found:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -257,6 +266,9 @@ def write_model(folder: Path, shape: str, device: str | None) -> Path:
         model = LlamaForCausalLM(config)
     model.to(torch.bfloat16).save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the rows run in child processes: leave them the whole GPU
     return folder
 
 

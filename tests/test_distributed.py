@@ -312,8 +312,8 @@ def assert_same_run(multi: Path, single: Path) -> None:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_two_ranks_equal_one_process(two_rank_runs, tiny_model_dir, tmp_path, name):
     """Sharding a meta-batch over 2 ranks changes nothing: even shards, uneven ones (3 tasks on 2 ranks) and an
-    idle rank (1 task). shared-adam-chain equals one process when a rank runs at most one task per step, where
-    there is no chain to split (with more tasks per rank it averages per-rank chains: algorithms.py)."""
+    idle rank (1 task). shared-adam-chain equals one process when one rank holds the whole meta-batch (1 task);
+    with more tasks it averages per-rank chains, a different rule by design (docs/training.md)."""
     if skip_reason(name):
         pytest.skip(skip_reason(name))
     from maml_en_llm.config import make_config
