@@ -132,12 +132,13 @@ CHUNK = 1 << 17  # elements: a chunk of each operand fits in cache, so a chain o
 
 
 def _chunked(*tensors: torch.Tensor):
-    """Matching flat slices of same-shaped contiguous tensors, CHUNK elements at a time. Running a sequence of
-    elementwise ops chunk by chunk instead of tensor by tensor cuts memory traffic several-fold on CPU."""
-    flat = [t.view(-1) for t in tensors]
+    """Matching flat slices of same-shaped contiguous tensors (None passes through as None), CHUNK elements at a
+    time. Running a sequence of elementwise ops chunk by chunk instead of tensor by tensor cuts memory traffic
+    several-fold on CPU."""
+    flat = [None if t is None else t.view(-1) for t in tensors]
     total = flat[0].numel()
     for start in range(0, total, CHUNK):
-        yield tuple(f[start:start + CHUNK] for f in flat)
+        yield tuple(None if f is None else f[start:start + CHUNK] for f in flat)
 
 
 @dataclass
@@ -175,9 +176,11 @@ class InnerOptimizer:
         # chain: the outer state itself is updated (in place on the first-order path); copy: never touched
         return m, v, t, self.writes_outer_state
 
-    def step(self, params: Params, grads: Params, state, differentiable: bool):
+    def step(self, params: Params, grads: Params, state, differentiable: bool, last: bool = False):
         """One inner update. With `differentiable`, the result keeps the graph to params and grads. Gradients
-        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies."""
+        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies.
+        `last` (first-order path only): no further inner step will read the state, so unless the state is the
+        outer optimizer's (shared-adam-chain) the new moments are never materialised."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
         for name in list(params):
             p, g = params[name], grads.pop(name).contiguous()
@@ -194,15 +197,20 @@ class InnerOptimizer:
             if differentiable:
                 new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias,
                                                                              beta1, beta2, self.eps)
-            else:  # no graph: moments updated in place when this task owns them, else into fresh tensors
-                if not state[3]:
-                    m, v = m.clone(), v.clone()
+            else:  # no graph: moments in place when owned, into fresh tensors when not, nowhere when unused
                 p_new = torch.empty_like(p)
-                for ps, gs, ms, vs, pn in _chunked(p, g.contiguous(), m, v, p_new):
-                    ms.lerp_(gs, 1 - beta1)
-                    vs.mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
-                    torch.addcdiv(ps, ms, vs.sqrt().div_(root_bias).add_(self.eps), value=-step_size, out=pn)
-                new_params[name], new_m[name], new_v[name] = p_new, m, v
+                discard = last and not self.writes_outer_state
+                if discard:
+                    m_out, v_out = None, None
+                elif state[3]:
+                    m_out, v_out = m, v
+                else:
+                    m_out, v_out = torch.empty_like(m), torch.empty_like(v)
+                for ps, gs, ms, vs, pn, mn, vn in _chunked(p, g.contiguous(), m, v, p_new, m_out, v_out):
+                    mn = torch.lerp(ms, gs, 1 - beta1, out=mn)  # m' (out=None: a chunk-sized temporary)
+                    vn = torch.lerp(vs, gs * gs, 1 - beta2, out=vn)  # v'
+                    torch.addcdiv(ps, mn, vn.sqrt().div_(root_bias).add_(self.eps), value=-step_size, out=pn)
+                new_params[name], new_m[name], new_v[name] = p_new, m_out, v_out
             new_t[name] = t
             if self.writes_outer_state:
                 # The new moments *become* the optimizer's state (same storage, no copy): the next inner step,
@@ -268,7 +276,7 @@ def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, diffe
     """theta_i: `steps` inner updates on `batch`. Returns (adapted params, support loss before adapting)."""
     state = inner.start(params)
     adapted, first_loss = params, None
-    for _ in range(steps):
+    for step in range(steps):
         loss = mean_loss(model, batch, adapted)
         first_loss = loss.item() if first_loss is None else first_loss
         grads = _grad(loss, adapted, create_graph=differentiable)
@@ -277,7 +285,7 @@ def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, diffe
             adapted, state = inner.step(adapted, grads, state, differentiable=True)
         else:
             with torch.no_grad():
-                adapted, state = inner.step(adapted, grads, state, differentiable=False)
+                adapted, state = inner.step(adapted, grads, state, differentiable=False, last=step == steps - 1)
             adapted = {n: p.requires_grad_() for n, p in adapted.items()}
     return adapted, first_loss
 

@@ -7,11 +7,15 @@ Heavy imports (torch, transformers) happen inside the subcommands so `--help` st
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
 from .errors import UserError
 from .models import DEFAULT_MODEL, PACKAGED_MODELS
+
+# A full disk, a quota, a read-only mount or missing permissions: the machine's state, not a bug in maml-en-llm.
+ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 METHODS = ("metaicl", "maml", "fomaml", "reptile", "ict", "multitask0")
 
 
@@ -53,8 +57,16 @@ def _add_eval_args(p: argparse.ArgumentParser, k_default: int | None = 16) -> No
     p.add_argument("--adapt-optimizer", default="adam", choices=["sgd", "adam"], help="adaptation optimizer")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage mistake is one `error:` line (exit code 2) like every other mistake, instead
+    of the usage text followed by the error. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maml-en-llm", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="maml-en-llm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     data = commands.add_parser("data", help="build offline task collections")
@@ -80,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", type=Path, default=None, help="YAML recipe path or packaged recipe name (metaicl, maml, fomaml, reptile, ict, multitask0, "
                          "cpu-demo); key=value arguments override it")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    tr.add_argument("--allow-train-test-overlap", action="store_true",
+                    help="accept a split whose train and test lists share tasks (refused otherwise: the test "
+                         "tasks would leak into meta-training); recorded in run.json")
     tr.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=100 lr=1e-5")
     _add_device_args(tr)
 
@@ -95,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--sweep", default=None, help="FIELD=v1,v2,... : ablate one recipe field for one method")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")
+    cmp_.add_argument("--allow-train-test-overlap", action="store_true",
+                      help="accept a split whose train and test lists share tasks (refused otherwise: the test "
+                           "tasks would leak into meta-training); recorded in each run's run.json")
     cmp_.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields shared by all methods")
     _add_device_args(cmp_)
     return parser
@@ -131,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise  # anything else is a bug: keep its traceback
+        print(f"error: {err.filename or ''}: {err.strerror}; free disk space or fix permissions, then run the same "
+              "command again (train: with --resume; finished runs and evaluations are reused)", file=sys.stderr)
+        return 2
     return 0
 
 

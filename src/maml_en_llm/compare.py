@@ -29,7 +29,7 @@ from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .metrics import mean_ci95, paired_test, result_cells
-from .paths import atomic_write_text, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir
 from .tasks import Split
 from .train import load_training_tasks, train
 
@@ -74,6 +74,7 @@ class Plan:
     device: str | None
     dtype: str
     command: str
+    allow_train_test_overlap: bool = False
 
 
 def _digest(obj: object) -> str:
@@ -172,9 +173,8 @@ def plan_compare(args, command_line: str) -> Plan:
         raise UserError(f"steps={overrides['steps']}: conflicts with {budget_flag}; drop one of them")
     if sweep and sweep[0] in overrides:
         raise UserError(f"{sweep[0]}={overrides[sweep[0]]}: the field is also swept by --sweep; drop one of them")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for runs and compare.json/.md/.png")
+    out = check_output(Path(args.out))
+    allow_overlap = getattr(args, "allow_train_test_overlap", False)
 
     if args.k is None:  # one k for training and evaluation: the recipe's when it has one, else MetaICL's 16
         args.k = make_config(args.config).k if args.config is not None else 16
@@ -210,7 +210,7 @@ def plan_compare(args, command_line: str) -> Plan:
             key = (config.max_examples_per_task, config.method == "ict", config.demonstrations,
                    config.support_size, config.query_size)
             if key not in pools:  # data problems surface here, before any training
-                pools[key] = load_training_tasks(config, data_dir, args.split)
+                pools[key] = load_training_tasks(config, data_dir, args.split, allow_overlap)
             if args.tokens is not None:
                 if tokenize is None:
                     from .models import load_tokenizer
@@ -245,7 +245,7 @@ def plan_compare(args, command_line: str) -> Plan:
     return Plan(out=out, model=args.model, model_id=model_id, data_dir=data_dir, split=split,
                 split_spec=args.split, rows=rows, budget=budget, recipe=shared.to_dict(),
                 sweep={"field": sweep[0], "values": sweep[1]} if sweep else None, eval_settings=eval_settings,
-                device=args.device, dtype=args.dtype, command=command_line)
+                device=args.device, dtype=args.dtype, command=command_line, allow_train_test_overlap=allow_overlap)
 
 
 # ---------------------------------------------------------------- training and evaluation (cached)
@@ -269,7 +269,8 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
         print(f"== {state} {row.label} ({position}): {row.config.steps} meta-steps into {run_dir}", flush=True)
         started = time.perf_counter()
         train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
-              resume=True, device=plan.device, dtype=plan.dtype, command=plan.command)
+              resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
+              allow_train_test_overlap=plan.allow_train_test_overlap)
         seconds = time.perf_counter() - started
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
         atomic_write_text(timing_path, json.dumps({"wall_seconds": round(before + seconds, 2)}) + "\n")

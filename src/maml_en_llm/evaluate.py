@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, demonstration_loss
 from .errors import UserError
 from .metrics import metric_name, summarize, task_metric
-from .paths import atomic_write_text, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir
 from .prompts import PromptFormat, encode_prefix, make_tokenize
 from .scoring import predict, score_options
 from .tasks import Example, Split, check_split_data, load_demonstrations, load_split, load_task_meta, load_test
@@ -263,9 +263,7 @@ def run_eval(args, command_line: str) -> None:
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     if not Path(data_dir).is_dir():
         raise _missing_data_dir(data_dir)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the path of the results JSON file to write")
+    out = check_output(Path(args.out), "--out", folder=False)
     check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer)
     data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks)
     from .models import load_model_and_tokenizer, parse_dtype, pick_device

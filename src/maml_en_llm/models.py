@@ -342,8 +342,12 @@ def _exclusive(lock_path: Path):
 
 @contextlib.contextmanager
 def _load_errors(name: str):
-    """transformers reports missing files, unknown repos and no network as OSError: a user problem."""
+    """transformers reports missing files, unknown repos and no network as OSError, unusable tokenizer files as
+    ValueError, and safetensors a damaged weights file as SafetensorError: all problems of the model folder."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except OSError as err:
-        raise UserError(f"--model {name}: cannot load it: {err}") from None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"--model {name}: cannot load it ({type(err).__name__}: {err}); check the folder is a "
+                        "complete save_pretrained output") from None

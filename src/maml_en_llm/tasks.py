@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import UserError
 
 POOL_K, POOL_SEED = 16384, 100
+MAX_LINE_BYTES = 1 << 20  # one jsonl record; MetaICL's longest are a few KB
 EVAL_SEEDS = (100, 13, 21, 42, 87)
 TASK_TYPES = ("classification", "multi-choice")
 
@@ -92,6 +93,38 @@ def _record_problem(record: object, task: str, allow_empty_input: bool) -> str |
     return None
 
 
+def _read_lines(path: Path):
+    """(line number, text) of a UTF-8 jsonl file. A line longer than MAX_LINE_BYTES is refused after reading
+    only that much of it (no example needs more: it would not fit any model's context), and bytes that are not
+    UTF-8 are reported with their line instead of a UnicodeDecodeError."""
+    with open(path, "rb") as handle:
+        line_no = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            line_no += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise UserError(f"{path}:{line_no}: line is longer than {MAX_LINE_BYTES >> 20} MiB; an example must "
+                                "fit a model's context: shorten or remove it")
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{line_no}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                                f"{err.start + 1}); re-save the file as UTF-8") from None
+
+
+def read_json(path: Path, what: str):
+    """A whole JSON file (split file, task metadata), with one-line errors for bad bytes or bad JSON."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not valid UTF-8 (byte offset {err.start}); re-save the {what} as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix the {what}") from None
+
+
 def read_examples(path: Path, task: str, *, allow_empty_input: bool = False) -> list[Example]:
     """Read and validate one jsonl file of `task`.
 
@@ -102,18 +135,17 @@ def read_examples(path: Path, task: str, *, allow_empty_input: bool = False) -> 
     if not path.is_file():
         raise UserError(f"{path}: file not found; build the data with `maml-en-llm data bigbench` or pass --data-dir")
     examples = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg}); fix or remove the line") from None
-            problem = _record_problem(record, task, allow_empty_input)
-            if problem:
-                raise UserError(f"{path}:{line_no}: {problem}; fix or remove the record")
-            examples.append(Example(record["task"], record["input"], record["output"], tuple(record["options"])))
+    for line_no, line in _read_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{line_no}: malformed JSON ({err.msg}); fix or remove the line") from None
+        problem = _record_problem(record, task, allow_empty_input)
+        if problem:
+            raise UserError(f"{path}:{line_no}: {problem}; fix or remove the record")
+        examples.append(Example(record["task"], record["input"], record["output"], tuple(record["options"])))
     if not examples:
         raise UserError(f"{path}: no records; the file must hold at least one example")
     return examples
@@ -156,10 +188,7 @@ def load_task_meta(data_dir: Path, task: str, examples: list[Example] | None = N
     if not path.is_file():
         shared = examples is not None and len({e.options for e in examples}) == 1
         return TaskMeta("classification" if shared else "multi-choice", examples[0].options if shared else None)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix the task metadata") from None
+    meta = read_json(path, "task metadata")
     if not isinstance(meta, dict) or meta.get("task_type") not in TASK_TYPES + ("free-form",):
         raise UserError(f"{path}: 'task_type' must be one of {list(TASK_TYPES)}")
     options = meta.get("options")
@@ -182,6 +211,8 @@ def _resolve_split_path(spec: str, data_dir: Path | None) -> Path:
         if not as_path.is_file():
             raise UserError(f"{spec}: split file not found; give a split-file path or one of {builtin_split_names()}")
         return as_path
+    if data_dir is not None and not Path(data_dir).is_dir():  # say so, rather than "no such split"
+        raise UserError(f"{data_dir}: data folder not found; run `maml-en-llm data bigbench` or pass --data-dir")
     if data_dir is not None and (Path(data_dir) / "config" / f"{spec}.json").is_file():
         return Path(data_dir) / "config" / f"{spec}.json"
     builtin = resources.files("maml_en_llm") / "settings" / f"{spec}.json"
@@ -193,10 +224,7 @@ def _resolve_split_path(spec: str, data_dir: Path | None) -> Path:
 def load_split(spec: str, data_dir: Path | None = None) -> Split:
     """A split file (MetaICL's format) by path, by name under `<data_dir>/config/`, or a built-in setting name."""
     path = _resolve_split_path(spec, data_dir)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix the split file") from None
+    raw = read_json(path, "split file")
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a split file is a JSON object with 'train' and 'test' lists")
     lists = {}
@@ -205,12 +233,32 @@ def load_split(spec: str, data_dir: Path | None = None) -> Split:
         if not isinstance(value, list):
             raise UserError(f"{path}: {key!r} must be a list of task names")
         lists[key] = tuple(check_task_name(t, f"{path} ({key})") for t in value)
+        repeated = sorted({t for t in lists[key] if lists[key].count(t) > 1})
+        if repeated:
+            raise UserError(f"{path}: {key!r} lists {', '.join(map(repr, repeated))} more than once (it would count "
+                            "twice); list each task once")
     if not lists["test"]:
         raise UserError(f"{path}: 'test' is empty; a split needs at least one test task")
     stray = [t for t in lists["unseen_domain_test"] if t not in lists["test"]]
     if stray:
         raise UserError(f"{path}: unseen_domain_test tasks {stray} are not in 'test'; add them there")
     return Split(path.stem, lists["train"], lists["test"], lists["unseen_domain_test"], str(path))
+
+
+def train_test_overlap(split: Split) -> list[str]:
+    """Tasks in both the split's train and test lists (meta-training on them leaks the test tasks)."""
+    return [t for t in split.train if t in split.test]
+
+
+def check_train_test_overlap(split: Split, allow: bool = False) -> list[str]:
+    """Refuse a split whose train list shares tasks with its test list, unless `allow` (the user's explicit
+    `--allow-train-test-overlap`); returns the shared tasks so the run can record them."""
+    shared = train_test_overlap(split)
+    if shared and not allow:
+        raise UserError(f"{split.source}: tasks {shared[:5]}{' ...' if len(shared) > 5 else ''} are in both 'train' "
+                        f"and 'test' ({len(shared)} shared), so the test tasks would leak into meta-training; remove "
+                        "them from one list, or pass --allow-train-test-overlap to do it on purpose")
+    return shared
 
 
 def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("train", "test"), seeds=EVAL_SEEDS) -> None:

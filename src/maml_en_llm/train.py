@@ -29,11 +29,13 @@ from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save
 from .episodes import TaskData, check_pools, sample_episode, unique_pool
 from .errors import UserError
 from .lora import apply_lora, save_lora_run
-from .paths import atomic_write_text, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir
 from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
-from .tasks import check_split_data, load_pool, load_split, load_task_meta
+from .scoring import pad_id_of
+from .tasks import (check_split_data, check_train_test_overlap, load_pool, load_split, load_task_meta,
+                    train_test_overlap)
 from .validation import load_validation, validate
 
 
@@ -41,13 +43,16 @@ def run_train(args, command_line: str) -> None:
     """CLI entry: build the recipe from --config, --method and key=value overrides, then train."""
     config = make_config(args.config, parse_overrides(args.overrides), method=args.method)
     train(config, model_name=args.model, data_dir=args.data_dir, split=args.split, out_dir=args.out,
-          resume=args.resume, device=args.device, dtype=args.dtype, command=command_line)
+          resume=args.resume, device=args.device, dtype=args.dtype, command=command_line,
+          allow_train_test_overlap=args.allow_train_test_overlap)
 
 
-def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str) -> list[TaskData]:
+def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str,
+                        allow_train_test_overlap: bool = False) -> list[TaskData]:
     split = load_split(split_spec, data_dir)
     if not split.train:
         raise UserError(f"{split.source}: 'train' is empty; meta-training needs training tasks")
+    check_train_test_overlap(split, allow_train_test_overlap)
     check_split_data(split, data_dir, parts=("train",))
     tasks = []
     for name in split.train:
@@ -138,12 +143,13 @@ def _schedule(config: TrainConfig):
 
 def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split: str, out_dir: Path,
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
-          progress: bool = True) -> Path:
-    """Meta-train and return the final HF folder."""
+          progress: bool = True, allow_train_test_overlap: bool = False) -> Path:
+    """Meta-train and return the final HF folder. `allow_train_test_overlap` accepts a split whose train and test
+    lists share tasks (refused otherwise); run.json records it."""
     from .models import pick_device, save_model
 
     dtype = check_update_dtype(dtype)
-    out_dir = Path(out_dir)
+    out_dir = check_output(Path(out_dir))
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if (out_dir / "final" / "config.json").exists() and resume:
         print(f"{out_dir}: already finished; final model in {out_dir / 'final'}")
@@ -152,7 +158,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
-    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    # bad data fails here, before the model loads
+    tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)
     validation = load_validation(config, data_dir, split) if config.eval_every else None
     checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
@@ -183,7 +190,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
         atomic_write_text(out_dir / "run.json", json.dumps({
-            **run_info, "train_tasks": [t.name for t in tasks], "command": command}, indent=1))
+            **run_info, "train_tasks": [t.name for t in tasks], "allow_train_test_overlap": allow_train_test_overlap,
+            "train_test_overlap": train_test_overlap(load_split(split, data_dir)), "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
         _truncate_metrics(out_dir / "validation.jsonl", start_step)
     compute = lambda: autocast(dtype, target)  # noqa: E731  (the model's compute precision)
@@ -204,7 +212,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         started = time.perf_counter()
         episode = episode_of(config, tasks, step, tokenize)
         lr = scheduler.get_last_lr()[0]
-        stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
+        stats = meta_step(model, params, episode, step_task, optimizer, pad_id_of(tokenizer),
                           shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
                           compute=compute)
         scheduler.step()
@@ -262,6 +270,8 @@ def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimi
     if shares_moments:
         sync_shared_moments(optimizer, distributed.world_size(), len(episode))
     n_tasks = stats[3].item()
+    if not math.isfinite(stats[0].item()):
+        raise _diverged(f"non-finite loss ({stats[0].item() / n_tasks})")
     for p in params.values():
         p.grad.div_(n_tasks)
     grad_norm = _clip(params, max_grad_norm)
@@ -279,8 +289,14 @@ def _clip(params: dict[str, torch.Tensor], max_norm: float) -> float:
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in values]))
     norm = float(norm)
     if not math.isfinite(norm):
-        raise FloatingPointError(f"non-finite gradient norm ({norm}); lower lr/inner_lr or check the data")
+        raise _diverged(f"non-finite gradient norm ({norm})")
     return norm
+
+
+def _diverged(what: str) -> UserError:
+    """The run stops before the outer step, so the weights and every checkpoint written so far stay good."""
+    return UserError(f"{what}; stopped before updating the weights, the last checkpoint in --out is the last good "
+                     "state: lower lr/inner_lr (or check the data) and train again")
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
