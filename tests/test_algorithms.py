@@ -19,8 +19,8 @@ from toy import (
 
 
 @pytest.fixture()
-def model():
-    return ToyLM()
+def model(device):
+    return ToyLM().to(device)
 
 
 maml_task, metaicl_task, reptile_task = collected(_maml_task), collected(_metaicl_task), collected(_reptile_task)
@@ -33,8 +33,8 @@ def filled_adamw(params, seed=2):
     g = torch.Generator().manual_seed(seed)
     for p in params.values():
         state = opt.state[p]
-        state["exp_avg"].copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1e-2)
-        state["exp_avg_sq"].copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) * 1e-3 + 1e-4)
+        state["exp_avg"].copy_(torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) * 1e-2)
+        state["exp_avg_sq"].copy_(torch.rand(p.shape, generator=g, dtype=p.dtype).to(p.device) * 1e-3 + 1e-4)
         state["step"].fill_(3)
     return opt
 
@@ -69,20 +69,20 @@ def test_second_order_part_matches_finite_differences(model, kind, lr, steps, ep
     assert second_part == pytest.approx(numeric_second_part, rel=2e-5, abs=1e-10)
 
 
-def test_first_order_is_the_gradient_at_the_adapted_weights(model):
+def test_first_order_is_the_gradient_at_the_adapted_weights(model, device):
     params = params_of(model)
     ep = episode()
     inner = InnerOptimizer("sgd", 0.5)
     result = maml_task(model, params, ep, PAD, inner, 1, first_order=True)
     # independent reference: adapt a copy of the module by hand, then backprop the query loss normally
     ref = copy.deepcopy(model)
-    support_loss = mean_loss(ref, collate(ep.support, PAD))
+    support_loss = mean_loss(ref, collate(ep.support, PAD).to(device))
     support_loss.backward()
     with torch.no_grad():
         for p in ref.parameters():
             p -= 0.5 * p.grad
             p.grad = None
-    mean_loss(ref, collate(ep.query, PAD)).backward()
+    mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
     for name, p in ref.named_parameters():
         torch.testing.assert_close(result.grads[name], p.grad, rtol=1e-9, atol=1e-12)
 
@@ -117,13 +117,13 @@ def test_task_function_binds_each_method_to_its_rule(model):
     assert not torch.allclose(got["maml"]["mix.weight"], got["fomaml"]["mix.weight"])
 
 
-def test_reptile_pseudo_gradient_is_theta_minus_adapted(model):
+def test_reptile_pseudo_gradient_is_theta_minus_adapted(model, device):
     params = params_of(model)
     ep = episode()
     before = {n: p.detach().clone() for n, p in params.items()}
     result = reptile_task(model, params, ep, PAD, InnerOptimizer("sgd", 0.1), 2)
     ref = copy.deepcopy(model)
-    batch = collate(ep.support + ep.query, PAD)
+    batch = collate(ep.support + ep.query, PAD).to(device)
     for _ in range(2):
         mean_loss(ref, batch).backward()
         with torch.no_grad():
@@ -135,7 +135,7 @@ def test_reptile_pseudo_gradient_is_theta_minus_adapted(model):
         assert torch.equal(params[name].detach(), before[name])  # theta itself is untouched
 
 
-def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model):
+def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model, device):
     """shared-adam-chain: one set of moments. Task 1's inner step updates the outer AdamW's moments and step;
     task 2's inner step starts from those; then AdamW's own step with the mean meta-gradient."""
     params = params_of(model)
@@ -151,7 +151,7 @@ def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model):
     meta = []
     for t, ep in zip((4, 5), episodes):
         ref = copy.deepcopy(model)
-        mean_loss(ref, collate(ep.support, PAD)).backward()
+        mean_loss(ref, collate(ep.support, PAD).to(device)).backward()
         g = {n: p.grad.clone() for n, p in ref.named_parameters()}
         m = {n: b1 * m[n] + (1 - b1) * g[n] for n in g}
         v = {n: b2 * v[n] + (1 - b2) * g[n] ** 2 for n in g}
@@ -159,7 +159,7 @@ def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model):
             for n, p in ref.named_parameters():
                 p.copy_(theta0[n] - inner_lr / (1 - b1 ** t) * m[n] / (v[n].sqrt() / (1 - b2 ** t) ** 0.5 + eps))
                 p.grad = None
-        mean_loss(ref, collate(ep.query, PAD)).backward()
+        mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
         meta.append({n: p.grad.clone() for n, p in ref.named_parameters()})
     G = {n: (meta[0][n] + meta[1][n]) / 2 for n in params}
     expect_m = {n: b1 * m[n] + (1 - b1) * G[n] for n in params}
@@ -178,7 +178,7 @@ def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model):
         torch.testing.assert_close(p.detach(), expect_theta[n], rtol=1e-8, atol=1e-10)
 
 
-def test_shared_adam_copy_reads_the_outer_moments_and_leaves_them_to_the_meta_gradient(model):
+def test_shared_adam_copy_reads_the_outer_moments_and_leaves_them_to_the_meta_gradient(model, device):
     """shared-adam-copy: both tasks' inner steps start from the same outer moments and step count (bias correction
     at step 4); the outer AdamW then updates its moments with the mean meta-gradient alone, as plain AdamW would."""
     params = params_of(model)
@@ -191,14 +191,14 @@ def test_shared_adam_copy_reads_the_outer_moments_and_leaves_them_to_the_meta_gr
     meta = []
     for ep in episodes:
         ref = copy.deepcopy(model)
-        mean_loss(ref, collate(ep.support, PAD)).backward()
+        mean_loss(ref, collate(ep.support, PAD).to(device)).backward()
         with torch.no_grad():
             for n, p in ref.named_parameters():
                 m = b1 * m0[n] + (1 - b1) * p.grad
                 v = b2 * v0[n] + (1 - b2) * p.grad ** 2
                 p.copy_(theta0[n] - inner_lr / (1 - b1 ** 4) * m / (v.sqrt() / (1 - b2 ** 4) ** 0.5 + eps))
                 p.grad = None
-        mean_loss(ref, collate(ep.query, PAD)).backward()
+        mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
         meta.append({n: p.grad.clone() for n, p in ref.named_parameters()})
     G = {n: (meta[0][n] + meta[1][n]) / 2 for n in params}
     expect_m = {n: b1 * m0[n] + (1 - b1) * G[n] for n in params}
@@ -229,11 +229,11 @@ def test_adam_sgd_and_shared_adam_copy_leave_the_outer_moments_alone(model):
         assert torch.equal(opt.state[p]["exp_avg"], before[n]) and int(opt.state[p]["step"]) == 3
 
 
-def test_second_order_on_a_real_llama_equals_an_independent_hessian_vector_product(tiny_model_dir):
+def test_second_order_on_a_real_llama_equals_an_independent_hessian_vector_product(tiny_model_dir, device):
     """One sgd inner step: d/dtheta L_q(theta - a grad L_s(theta)) = g_q - a H_s g_q with g_q the query gradient
     at the adapted weights. The reference uses plain modules and a double backward on a fresh graph; the
     second-order part (maml - fomaml) must equal -a H_s g_q. Padded batches of unequal lengths included."""
-    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train()
+    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train().to(device)
     params = params_of(llama)
     g = torch.Generator().manual_seed(0)
     seq = lambda n, t: (torch.randint(0, 250, (n,), generator=g).tolist(), torch.randint(0, 250, (t,), generator=g).tolist())
@@ -244,16 +244,16 @@ def test_second_order_on_a_real_llama_equals_an_independent_hessian_vector_produ
     first = maml_task(llama, params, ep, 258, inner, 1, first_order=True)
 
     adapted = copy.deepcopy(llama)
-    mean_loss(adapted, collate(ep.support, 258)).backward()
+    mean_loss(adapted, collate(ep.support, 258).to(device)).backward()
     with torch.no_grad():
         for p in adapted.parameters():
             p -= lr * p.grad
             p.grad = None
-    mean_loss(adapted, collate(ep.query, 258)).backward()
+    mean_loss(adapted, collate(ep.query, 258).to(device)).backward()
     g_query = {n: p.grad for n, p in adapted.named_parameters()}
     names = list(params)
-    support_grads = torch.autograd.grad(mean_loss(llama, collate(ep.support, 258)), [params[n] for n in names],
-                                        create_graph=True)
+    support_loss = mean_loss(llama, collate(ep.support, 258).to(device))
+    support_grads = torch.autograd.grad(support_loss, [params[n] for n in names], create_graph=True)
     hvp = torch.autograd.grad(sum((sg * g_query[n]).sum() for sg, n in zip(support_grads, names)),
                               [params[n] for n in names])
     scale = max(float(h.abs().max()) for h in hvp) * lr
@@ -263,10 +263,10 @@ def test_second_order_on_a_real_llama_equals_an_independent_hessian_vector_produ
     assert scale > 1e-3  # the second-order part is not negligible here
 
 
-def test_second_order_survives_a_fresh_optimizer_and_unseen_tokens(tiny_model_dir):
+def test_second_order_survives_a_fresh_optimizer_and_unseen_tokens(tiny_model_dir, device):
     """Fresh shared-adam state (v = 0) and zero gradients (embedding rows of unseen tokens) must not turn into
     NaN through the second-order graph."""
-    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train()
+    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train().to(device)
     params = params_of(llama)
     opt = torch.optim.AdamW(list(params.values()))
     ensure_adam_state(opt)
@@ -305,7 +305,7 @@ class RecordingAdamW(torch.optim.AdamW):
 
 @pytest.mark.parametrize("kind, lr, eps", [("sgd", 0.3, 1e-8), ("adam", 0.2, 1e-1), ("shared-adam-copy", 1e-2, 1e-8),
                                            ("shared-adam-chain", 1e-2, 1e-8)])
-def test_two_task_two_step_meta_step_matches_finite_differences_of_the_objective(model, kind, lr, eps):
+def test_two_task_two_step_meta_step_matches_finite_differences_of_the_objective(model, kind, lr, eps, device):
     """The gradient `meta_step` hands the outer optimizer, for two tasks and two inner steps, against finite
     differences of the whole objective F(theta) = mean_i L_query_i(theta_i(theta)). For shared-adam-chain the
     second task's starting moments are what the first task left at theta (constants, as documented: no gradient
@@ -325,7 +325,7 @@ def test_two_task_two_step_meta_step_matches_finite_differences_of_the_objective
     # the moments each task starts from (chain: task 2 starts after task 1's inner steps at theta0)
     starts = [snapshot(opt)]
     if kind == "shared-adam-chain":
-        adapt(model, params, collate(episodes[0].support, PAD), inner, 2, differentiable=False)
+        adapt(model, params, collate(episodes[0].support, PAD).to(device), inner, 2, differentiable=False)
         starts.append(snapshot(opt))
     else:
         starts.append(starts[0])
@@ -334,9 +334,9 @@ def test_two_task_two_step_meta_step_matches_finite_differences_of_the_objective
         total = 0.0
         for ep, state in zip(episodes, starts):
             restore(opt, state)
-            adapted, _ = adapt(model, theta, collate(ep.support, PAD), inner, 2, differentiable=False)
+            adapted, _ = adapt(model, theta, collate(ep.support, PAD).to(device), inner, 2, differentiable=False)
             with torch.no_grad():
-                total += mean_loss(model, collate(ep.query, PAD), adapted).item()
+                total += mean_loss(model, collate(ep.query, PAD).to(device), adapted).item()
         return total / len(episodes)
 
     direction = random_direction(params)

@@ -9,15 +9,15 @@ from maml_en_llm.tasks import load_demonstrations, load_test
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
+def model(tiny_model_dir, device):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval().to(device)
 
 
 def brute_force_loss(model, context, target):
     """-mean log p(target token | everything before it), from one unpadded forward pass and a hand log-softmax."""
-    ids = torch.tensor([context + target])
+    ids = torch.tensor([context + target], device=model.device)
     with torch.no_grad():
         logits = model(ids).logits[0].double()
     log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -85,7 +85,7 @@ def test_predict_takes_lowest_loss_first_on_ties():
 
 
 @pytest.mark.parametrize("method", ["direct", "channel"])
-def test_prefix_cache_gives_the_same_losses(tiny_model_dir, method):
+def test_prefix_cache_gives_the_same_losses(tiny_model_dir, method, device):
     """Scoring remainders over the demonstrations' KV cache equals scoring whole sequences (1e-5, float32),
     including an example long enough that its prefix is cut by the cap (whole-sequence fallback)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -94,7 +94,7 @@ def test_prefix_cache_gives_the_same_losses(tiny_model_dir, method):
     from maml_en_llm.scoring import score_options
     from maml_en_llm.tasks import Example
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to(device)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenize = make_tokenize(tokenizer)
     fmt = PromptFormat(method)

@@ -94,10 +94,11 @@ def loss_after_adaptation(model, params, ep, inner, steps):
     """L_query(theta_i) as a plain number, theta_i computed without a graph. shared-adam's optimizer state is
     put back afterwards (adapting writes to it)."""
     saved = snapshot(inner.shared) if inner.shared is not None else None
-    support = collate(ep.support, PAD)
+    device = next(iter(params.values())).device
+    support = collate(ep.support, PAD).to(device)
     adapted, _ = adapt(model, params, support, inner, steps, differentiable=False)
     with torch.no_grad():
-        value = mean_loss(model, collate(ep.query, PAD), adapted).item()
+        value = mean_loss(model, collate(ep.query, PAD).to(device), adapted).item()
     if saved is not None:
         restore(inner.shared, saved)
     return value
@@ -112,7 +113,7 @@ def directional_fd(model, params, ep, inner, steps, direction, eps=1e-6):
 
 def random_direction(params, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
+    return {n: torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for n, p in params.items()}
 
 
 def dot(a, b):

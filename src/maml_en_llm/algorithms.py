@@ -221,19 +221,25 @@ class InnerOptimizer:
         return new_params, (None if self.kind == "sgd" else (new_m, new_v, new_t, True))
 
 
-def sync_shared_moments(optimizer: torch.optim.Optimizer, world: int) -> None:
-    """Several ranks: average the per-rank chains' moments, take the largest step count (no-op for one rank)."""
+def sync_shared_moments(optimizer: torch.optim.Optimizer, world: int, tasks: int) -> None:
+    """Several ranks: average the moments of the ranks that ran a task (with fewer tasks than ranks, the idle
+    ranks' untouched moments must not dilute the average), take the largest step count. No-op for one rank."""
     if world == 1:
         return
     from . import distributed
 
+    active = min(world, tasks)  # tasks are sharded round robin: ranks 0 .. active-1 have at least one
     states = [optimizer.state[p] for group in optimizer.param_groups for p in group["params"]]
-    distributed.all_reduce_sum_([s[key] for s in states for key in ("exp_avg", "exp_avg_sq")])
+    moments = [s[key] for s in states for key in ("exp_avg", "exp_avg_sq")]
+    if distributed.rank() >= active:
+        for moment in moments:
+            moment.zero_()
+    distributed.all_reduce_sum_(moments)
     steps = torch.stack([s["step"] for s in states])
     distributed.all_reduce_max_(steps)
     for state, step in zip(states, steps):
-        state["exp_avg"].div_(world)
-        state["exp_avg_sq"].div_(world)
+        state["exp_avg"].div_(active)
+        state["exp_avg_sq"].div_(active)
         state["step"].copy_(step)
 
 

@@ -154,7 +154,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     if (out_dir / "final" / "config.json").exists() and resume:
         print(f"{out_dir}: already finished; final model in {out_dir / 'final'}")
         return out_dir / "final"
-    _, world, _ = distributed.init_from_env()
+    _, world, _ = distributed.init_from_env(device)
     run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
@@ -183,6 +183,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, params, optimizer, scheduler)
         start_step, total_tokens = state["step"], state["tokens"]
+    distributed.check_same_on_all_ranks(start_step, f"{out_dir}: the step to resume from",
+                                        "put --out on a filesystem that every node shares")
     metrics_path = out_dir / "metrics.jsonl"
     if main_rank:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +268,7 @@ def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimi
             p.grad = torch.zeros_like(p)
     distributed.all_reduce_sum_([*(p.grad for p in params.values()), stats])
     if shares_moments:
-        sync_shared_moments(optimizer, distributed.world_size())
+        sync_shared_moments(optimizer, distributed.world_size(), len(episode))
     n_tasks = stats[3].item()
     if not math.isfinite(stats[0].item()):
         raise _diverged(f"non-finite loss ({stats[0].item() / n_tasks})")
