@@ -35,8 +35,8 @@ Inner optimizers (`inner_optimizer=`), for maml, fomaml and reptile. Inner gradi
   tasks and J inner steps the step count has advanced n*J + 1, and most of the outer momentum is first-order
   support gradient, which pulls maml's outer update toward fomaml's. Tasks read the moments detached (no
   gradient flows between tasks). With several torchrun ranks each rank chains its own tasks and the moments of
-  the ranks that ran a task are then averaged (step count: the largest), so one rank is the exact sequential rule and several an
-  average of per-rank chains. reptile refuses it: its pseudo-gradient would be stepped with moments made of its
+  the ranks that ran a task are then averaged (step count: the largest), so one rank is the exact sequential
+  rule and several an average of per-rank chains. reptile refuses it: its pseudo-gradient would be stepped with moments made of its
   own raw inner gradients.
 """
 
