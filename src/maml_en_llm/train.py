@@ -4,7 +4,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
 
     RUN_DIR/config.yaml      the resolved recipe (a resumed run must match it)
     RUN_DIR/run.json         model, data, split, command line
-    RUN_DIR/metrics.jsonl    one line per meta-step
+    RUN_DIR/metrics.jsonl    one line per meta-step (mirrored to TensorBoard events here, or W&B: tracking.py)
     RUN_DIR/checkpoints/     see checkpoint.py
     RUN_DIR/final/           HF folder (safetensors + tokenizer) that `eval` and plain transformers load
 """
@@ -29,13 +29,15 @@ from .errors import UserError
 from .paths import atomic_write_text, default_data_dir
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
+from .tracking import Tracker
 
 
 def run_train(args, command_line: str) -> None:
     """CLI entry: build the recipe from --config, --method and key=value overrides, then train."""
     config = make_config(args.config, parse_overrides(args.overrides), method=args.method)
     train(config, model_name=args.model, data_dir=args.data_dir, split=args.split, out_dir=args.out,
-          resume=args.resume, device=args.device, dtype=args.dtype, command=command_line)
+          resume=args.resume, device=args.device, dtype=args.dtype, command=command_line,
+          logger=getattr(args, "logger", "tensorboard"))
 
 
 def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str) -> list[TaskData]:
@@ -79,8 +81,8 @@ def _schedule(config: TrainConfig):
 
 def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split: str, out_dir: Path,
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
-          progress: bool = True) -> Path:
-    """Meta-train and return the final HF folder."""
+          progress: bool = True, logger: str = "tensorboard") -> Path:
+    """Meta-train and return the final HF folder. `logger`: tensorboard | wandb | none (see tracking.py)."""
     from .models import load_model_and_tokenizer, pick_device, save_model
 
     out_dir = Path(out_dir)
@@ -125,6 +127,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
             "device": str(next(iter(params.values())).device), "dtype": dtype, "world_size": world,
             "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
+    tracker = Tracker(out_dir, logger, enabled=main_rank, resume_step=start_step, config=config.to_dict())
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not (progress and main_rank),
                desc=f"train {config.method}", unit="step")
@@ -151,6 +154,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         if main_rank:
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            tracker.log(record, step + 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             last = step + 1 == config.steps
             if last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
@@ -159,6 +163,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                                 keep=config.keep_checkpoints)
         distributed.barrier()
     bar.close()
+    tracker.close()
 
     final = out_dir / "final"
     if main_rank:
