@@ -254,11 +254,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
 
         args.method = resolve_train_method(args)
         if args.logger == "wandb":
-            import importlib.util
-
-            if importlib.util.find_spec("wandb") is None:  # fail before the model loads
+            try:  # fail before the model loads
+                import wandb  # noqa: F401
+            except ImportError:
                 raise UserError("--logger wandb: wandb is not installed; pip install 'maml-en-llm[wandb]' "
-                                "or use --logger tensorboard")
+                                "or use --logger tensorboard") from None
         run_train(args, command_line)
     elif args.command == "compare":
         from .compare import run_compare
