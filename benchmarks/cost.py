@@ -21,8 +21,8 @@ import sys
 import time
 
 CONFIGS = [
-    ("metaicl", "-"), ("fomaml", "shared-adam"), ("fomaml", "sgd"),
-    ("maml", "shared-adam"), ("maml", "sgd"), ("maml", "adam"), ("reptile", "adam"),
+    ("metaicl", "-"), ("fomaml", "shared-adam-copy"), ("fomaml", "sgd"),
+    ("maml", "shared-adam-copy"), ("maml", "shared-adam-chain"), ("maml", "sgd"), ("maml", "adam"), ("reptile", "adam"),
 ]
 
 
@@ -61,7 +61,7 @@ def one(args) -> dict:
         return ids[:-target], ids[-target:]
 
     episode = [TaskEpisode(f"t{i}", [seq()], [seq()]) for i in range(args.tasks)]
-    shares = args.one in ("maml", "fomaml", "reptile") and inner_kind == "shared-adam"
+    shares = args.one in ("maml", "fomaml", "reptile") and inner_kind == "shared-adam-chain"
     baseline = rss_mb()
     times = []
     for i in range(args.steps + 1):

@@ -209,3 +209,10 @@ def test_test_file_is_the_16_one_else_the_smallest_present(tiny_data_dir):
     expected = [json.loads(line)["input"] for line in (task / "cls_c_16_13_test.jsonl").read_text().splitlines()]
     (task / "cls_c_16_13_test.jsonl").rename(task / "cls_c_32_13_test.jsonl")
     assert [e.input for e in load_test(tiny_data_dir, "cls_c", 13)] == expected
+
+
+@pytest.mark.parametrize("name", packaged_recipes())
+def test_every_packaged_recipe_shows(name, capsys):
+    assert main(["recipes", "show", name]) == 0
+    shown = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    assert len(shown) == len(dataclasses.fields(TrainConfig))

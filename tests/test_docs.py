@@ -1,6 +1,7 @@
 """The docs: no absolute path of this machine in README.md or docs/ (scripts/check_no_machine_paths.py), and the
 CLI flags the docs use exist."""
 
+import argparse
 import importlib.util
 import re
 import tempfile
@@ -36,23 +37,28 @@ def test_the_check_finds_home_temp_and_checkout_parent_paths(tmp_path):
     assert checker.main([str(repo)]) == 0
 
 
-def _flags(parser) -> set[str]:
-    found = set()
-    for action in parser._actions:
-        found.update(action.option_strings)
-        for sub in getattr(action, "choices", None) or {}:
-            if hasattr(action.choices[sub], "_actions"):
-                found |= _flags(action.choices[sub])
-    return found
+def _subcommand_parser(parser, words: list[str]):
+    """The parser of `maml-en-llm WORDS...` (e.g. ["data", "hf", ...] -> the `data hf` parser)."""
+    for word in words:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or word not in subs[0].choices:
+            break
+        parser = subs[0].choices[word]
+    return parser
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/compare.md", "docs/data.md", "docs/lm-eval.md", "docs/models.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/compare.md", "docs/data.md", "docs/lm-eval.md", "docs/evaluation.md",
+                                 "docs/training.md", "docs/results.md"])
 def test_documented_flags_exist(doc):
+    """Every flag in a documented `maml-en-llm ...` command exists for that very subcommand."""
     from maml_en_llm.cli import build_parser
 
-    known = _flags(build_parser())
     text = (ROOT / doc).read_text()
-    commands = re.findall(r"^\s*(?:\$ )?maml-en-llm [^\n]*(?:\\\n[^\n]*)*", text, flags=re.M)
-    used = {flag for command in commands for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", command)}
-    assert used, f"{doc}: no maml-en-llm command found"
-    assert used <= known, f"{doc} uses unknown flags {sorted(used - known)}"
+    commands = re.findall(r"^\s*(?:\$ )?maml-en-llm ([^\n]*(?:\\\n[^\n]*)*)", text, flags=re.M)
+    assert commands, f"{doc}: no maml-en-llm command found"
+    for command in commands:
+        parser = _subcommand_parser(build_parser(), command.split())
+        known = {flag for action in parser._actions if action.help != argparse.SUPPRESS
+                 for flag in action.option_strings}
+        used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", command))
+        assert used <= known, f"{doc}: `maml-en-llm {command[:60]}...` uses unknown flags {sorted(used - known)}"

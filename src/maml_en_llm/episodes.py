@@ -1,11 +1,25 @@
-"""Meta-training episodes: which tasks a meta-step explores and the support/query instances of each.
+"""Meta-training episodes: which tasks a meta-step explores, and the support/query instances of each.
 
-An instance is MetaICL's: k demonstrations drawn from the task's pool (never the target itself) followed by a
-target from the same pool, loss on the target's output. Support and query targets of a task are disjoint.
+An instance is MetaICL's: k demonstrations followed by a target, the loss on the target's output.
 
-Sampling is *stateless*: the episode of step t is a pure function of (seed, t), drawn from
-`numpy.random.default_rng([seed, t])`. Resuming at step t therefore needs no sampler state beyond t, and a
-resumed run sees exactly the episodes an uninterrupted one would.
+Rules of one meta-step (`sample_episode`):
+
+* `tasks_per_step` distinct tasks, uniformly without replacement (with replacement only when the split has fewer
+  tasks than that). Every task therefore has the same chance every step, and over a run of S steps each of T
+  tasks is expected S * tasks_per_step / T times; `tests/test_episodes.py` checks that every task appears.
+* Each chosen task's pool is shuffled and cut into two disjoint parts, the **support part** and the **query
+  part**, sized in proportion to what each needs (max(k + 1, support_size) and max(k + 1, query_size)).
+  Support instances take their targets *and* their demonstrations from the support part only; query instances
+  from the query part only. No example of a query instance (target or demonstration) can appear anywhere in a
+  support instance of the same task in the same step, so the inner loop never sees the query's answers.
+  (Pools are de-duplicated when loaded, so this holds for contents as well as positions.)
+* Within a part, targets are distinct; each target's k demonstrations are drawn from the rest of its part
+  (never the target itself). Instances of one part may share demonstrations, as in MetaICL.
+
+Every method gets the same instances (MetaICL trains on support + query as one batch), so equal steps mean equal
+data. Sampling is *stateless*: the episode of step t is a pure function of (seed, t), drawn from
+`numpy.random.default_rng([seed, t])`, so resuming at step t needs no sampler state and a resumed run sees
+exactly the episodes of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -34,36 +48,87 @@ class TaskEpisode:
     query: list[TokenSequence]
 
 
+@dataclass(frozen=True)
+class EpisodeIndices:
+    """Which pool examples one task's instances use: per instance (target index, demonstration indices)."""
+    task: int
+    support: list[tuple[int, list[int]]]
+    query: list[tuple[int, list[int]]]
+
+
+def part_sizes(k: int, support_size: int, query_size: int) -> tuple[int, int]:
+    """The smallest support and query parts: each holds its distinct targets and k others for every target."""
+    return max(k + 1, support_size), max(k + 1, query_size)
+
+
+def minimum_pool(k: int, support_size: int, query_size: int) -> int:
+    return sum(part_sizes(k, support_size, query_size))
+
+
 def check_pools(tasks: Sequence[TaskData], k: int, support_size: int, query_size: int) -> None:
-    """Each pool must hold the disjoint support+query targets, and k other examples for every target."""
-    need = max(support_size + query_size, k + 1)
+    """Every pool must split into a support part and a query part that are each large enough."""
+    need_support, need_query = part_sizes(k, support_size, query_size)
+    need = need_support + need_query
     for task in tasks:
         if len(task.pool) < need:
             raise UserError(
-                f"training task {task.name!r} has {len(task.pool)} pool examples, needs {need} "
-                f"(k={k}, support_size={support_size}, query_size={query_size}); lower them or drop the task"
+                f"training task {task.name!r} has {len(task.pool)} pool examples, needs at least {need} "
+                f"(disjoint support part of {need_support} and query part of {need_query} for k={k}, "
+                f"support_size={support_size}, query_size={query_size}); lower k or the sizes, or drop the task"
             )
+
+
+def unique_pool(examples: Sequence[Example]) -> tuple[Example, ...]:
+    """The pool without repeated records (first occurrence kept), so disjoint positions mean disjoint contents."""
+    return tuple(dict.fromkeys(examples))
+
+
+def _instances(rng: np.random.Generator, part: np.ndarray, n_targets: int, k: int) -> list[tuple[int, list[int]]]:
+    """n_targets distinct targets from `part`, each with k demonstrations from the rest of the part."""
+    positions = rng.choice(len(part), size=n_targets, replace=False)
+    out = []
+    for position in positions:
+        others = np.delete(part, position)
+        demos = rng.choice(others, size=k, replace=False).tolist() if k else []
+        out.append((int(part[position]), [int(i) for i in demos]))
+    return out
+
+
+def sample_indices(pool_sizes: Sequence[int], step: int, *, seed: int, tasks_per_step: int, k: int,
+                   support_size: int, query_size: int) -> list[EpisodeIndices]:
+    """The episode of meta-step `step` as pool indices (see the module docstring for the rules)."""
+    rng = np.random.default_rng([seed, step])
+    replace = tasks_per_step > len(pool_sizes)
+    chosen = rng.choice(len(pool_sizes), size=tasks_per_step, replace=replace)
+    need_support, need_query = part_sizes(k, support_size, query_size)
+    episode = []
+    for task_index in chosen:
+        size = pool_sizes[int(task_index)]
+        if size < need_support + need_query:
+            raise ValueError(f"pool of task {int(task_index)} is too small ({size}); run check_pools first")
+        order = rng.permutation(size)
+        # proportional split: each part gets at least its need whenever size >= need_support + need_query
+        cut = size * need_support // (need_support + need_query)
+        support_part, query_part = order[:cut], order[cut:]
+        episode.append(EpisodeIndices(int(task_index), _instances(rng, support_part, support_size, k),
+                                      _instances(rng, query_part, query_size, k)))
+    return episode
 
 
 def sample_episode(tasks: Sequence[TaskData], step: int, *, seed: int, tasks_per_step: int, k: int,
                    support_size: int, query_size: int, tokenize: Tokenize, fmt: PromptFormat,
                    use_instructions: bool = False) -> list[TaskEpisode]:
-    """The episode of meta-step `step`: `tasks_per_step` distinct tasks (all of them, with repeats only if there
-    are fewer tasks than asked), each with support and query instances."""
-    rng = np.random.default_rng([seed, step])
-    replace = tasks_per_step > len(tasks)
-    chosen = rng.choice(len(tasks), size=tasks_per_step, replace=replace)
+    """The episode of meta-step `step`, tokenized: per chosen task, its support and query instances."""
+    indices = sample_indices([len(task.pool) for task in tasks], step, seed=seed, tasks_per_step=tasks_per_step,
+                             k=k, support_size=support_size, query_size=query_size)
     episode = []
-    for task_index in chosen:
-        task = tasks[int(task_index)]
-        pool = task.pool
-        targets = rng.choice(len(pool), size=support_size + query_size, replace=False)
-        instances = []
-        for target in targets:
-            others = np.delete(np.arange(len(pool)), target)
-            demo_indices = rng.choice(others, size=k, replace=False) if k else []
-            demos = [pool[int(i)] for i in demo_indices]
-            instruction = task.instruction if use_instructions else None
-            instances.append(training_sequence(tokenize, demos, pool[int(target)], fmt, instruction))
-        episode.append(TaskEpisode(task.name, instances[:support_size], instances[support_size:]))
+    for entry in indices:
+        task = tasks[entry.task]
+        instruction = task.instruction if use_instructions else None
+
+        def encode(instances):
+            return [training_sequence(tokenize, [task.pool[i] for i in demos], task.pool[target], fmt, instruction)
+                    for target, demos in instances]
+
+        episode.append(TaskEpisode(task.name, encode(entry.support), encode(entry.query)))
     return episode

@@ -11,6 +11,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -20,13 +21,16 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, recompute
 from .algorithms import InnerOptimizer, ensure_adam_state, sync_shared_moments, task_function
 from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
-from .episodes import TaskData, check_pools, sample_episode
+from .episodes import TaskData, check_pools, sample_episode, unique_pool
 from .errors import UserError
+from .lora import apply_lora, save_lora_run
 from .paths import atomic_write_text, default_data_dir
+from .precision import autocast, check_update_dtype, storage_dtype
+from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
 from .tracking import Tracker
@@ -47,15 +51,22 @@ def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str) ->
     check_split_data(split, data_dir, parts=("train",))
     tasks = []
     for name in split.train:
-        pool = load_pool(data_dir, name, config.max_examples_per_task)
-        instruction = load_task_meta(data_dir, name, pool).instruction if config.method == "ict" else None
-        tasks.append(TaskData(name, tuple(pool), instruction))
+        pool = unique_pool(load_pool(data_dir, name))[:config.max_examples_per_task]
+        instruction = load_task_meta(data_dir, name, list(pool)).instruction if config.method == "ict" else None
+        tasks.append(TaskData(name, pool, instruction))
     check_pools(tasks, config.demonstrations, config.support_size, config.query_size)
     return tasks
 
 
-def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
+# run.json fields that must match for --resume: the same model, data, precision, world size and code
+RUN_IDENTITY = ("model", "data_dir", "split", "dtype", "world_size", "package_version", "git_commit")
+
+
+def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity: dict) -> None:
+    """Refuse to write into a foreign or non-empty folder, and to resume a run made differently."""
     saved = out_dir / "config.yaml"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file; give a folder for the run")
     if not saved.exists():
         if out_dir.exists() and any(out_dir.iterdir()) and not resume:
             raise UserError(f"{out_dir}: folder exists and is not empty; choose another --out")
@@ -67,6 +78,44 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool) -> None:
     if changed:
         raise UserError(f"{saved}: --resume with a different recipe ({', '.join(changed)} changed); "
                         "use the original settings or a new --out")
+    run_json = out_dir / "run.json"
+    if run_json.exists():
+        recorded = json.loads(run_json.read_text())
+        for key in RUN_IDENTITY:
+            if key in recorded and recorded[key] != identity[key]:
+                raise UserError(f"{run_json}: --resume with a different {key} (run: {recorded[key]!r}, now: "
+                                f"{identity[key]!r}); resume with the original {key} or start a new --out")
+
+
+def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
+    """The model as training uses it: fp32 master weights (a bf16 frozen base under LoRA + bfloat16), eager
+    attention for second-order MAML (SDPA and flash have no double backward), LoRA adapters and activation
+    recomputation when the recipe asks; in train mode."""
+    from .models import load_model_and_tokenizer
+
+    second_order = config.method == "maml" and config.inner_steps > 0
+    model, tokenizer = load_model_and_tokenizer(model_name, dtype=storage_dtype(dtype, config.lora_rank > 0),
+                                                device=device, attn_implementation="eager" if second_order else None)
+    if config.lora_rank:
+        model = apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                           targets=config.lora_targets)
+    if config.gradient_checkpointing:
+        recompute.enable(model)
+    model.train()
+    return model, tokenizer
+
+
+def _resume_checkpoint(out_dir: Path) -> Path | None:
+    """The newest valid checkpoint; None when the run never wrote one. When checkpoints exist but none verifies,
+    resuming would silently restart from step 0 and discard the run's metrics: refuse instead."""
+    from .checkpoint import checkpoint_dir
+
+    found = sorted(checkpoint_dir(out_dir).glob("step-*"))
+    checkpoint = latest_valid(out_dir)
+    if found and checkpoint is None:
+        raise UserError(f"{checkpoint_dir(out_dir)}: none of the {len(found)} checkpoint(s) verifies (see the "
+                        "warnings above); restore one from a backup or start a new --out")
+    return checkpoint
 
 
 def _schedule(config: TrainConfig):
@@ -83,25 +132,27 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
           progress: bool = True, logger: str = "tensorboard") -> Path:
     """Meta-train and return the final HF folder. `logger`: tensorboard | wandb | none (see tracking.py)."""
-    from .models import load_model_and_tokenizer, pick_device, save_model
+    from .models import pick_device, save_model
 
+    dtype = check_update_dtype(dtype)
     out_dir = Path(out_dir)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if (out_dir / "final" / "config.json").exists() and resume:
         print(f"{out_dir}: already finished; final model in {out_dir / 'final'}")
         return out_dir / "final"
-    _prepare_run_dir(out_dir, config, resume)
-    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
     _, world, _ = distributed.init_from_env()
+    run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
+                "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
+    _prepare_run_dir(out_dir, config, resume, run_info)
+    tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
 
     torch.manual_seed(config.seed)
-    second_order = config.method == "maml" and config.inner_steps > 0
-    model, tokenizer = load_model_and_tokenizer(model_name, dtype=dtype, device=pick_device(device),
-                                                attn_implementation="eager" if second_order else None)
-    model.train()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    target = pick_device(device)
+    model, tokenizer = build_model(config, model_name, dtype, target)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # adapters only with LoRA
     optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=tuple(config.adam_betas),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     ensure_adam_state(optimizer)
@@ -109,12 +160,11 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
                            shared=optimizer, shared_params=params)
     step_task = task_function(config.method, inner, config.inner_steps)
-    shares_moments = config.method in MAML_FAMILY and config.inner_optimizer == "shared-adam" and config.inner_steps > 0
+    shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
     tokenize = make_tokenize(tokenizer)
     fmt = PromptFormat(config.prompt)
 
     start_step, total_tokens = 0, 0
-    checkpoint = latest_valid(out_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, params, optimizer, scheduler)
         start_step, total_tokens = state["step"], state["tokens"]
@@ -123,9 +173,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
         atomic_write_text(out_dir / "run.json", json.dumps({
-            "model": model_name, "data_dir": str(data_dir), "split": split, "train_tasks": [t.name for t in tasks],
-            "device": str(next(iter(params.values())).device), "dtype": dtype, "world_size": world,
-            "command": command}, indent=1))
+            **run_info, "train_tasks": [t.name for t in tasks], "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
     tracker = Tracker(out_dir, logger, enabled=main_rank, resume_step=start_step, config=config.to_dict())
 
@@ -139,7 +187,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                                  use_instructions=config.method == "ict")
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
-                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm)
+                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
+                          compute=lambda: autocast(dtype, target))
         scheduler.step()
 
         seconds = time.perf_counter() - started
@@ -167,21 +216,26 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
 
     final = out_dir / "final"
     if main_rank:
-        save_model(model, tokenizer, final)
+        if config.lora_rank:
+            save_lora_run(model, tokenizer, out_dir / "adapter", final, model_name)
+            print(f"adapter: {out_dir / 'adapter'}")
+        else:
+            save_model(model, tokenizer, final)
         print(f"final model: {final}")
     distributed.barrier()
     return final
 
 
 def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimizer, pad_id: int, *,
-              shares_moments: bool, max_grad_norm: float) -> dict:
+              shares_moments: bool, max_grad_norm: float, compute=contextlib.nullcontext) -> dict:
     """One outer update: sum this rank's task contributions in `.grad`, sum across ranks, average over the
     meta-batch's tasks, clip, step the outer AdamW. Returns the step's mean loss, mean inner loss, tokens and
-    gradient norm."""
+    gradient norm. `compute` is the context each task's forward/backward runs in (precision.autocast)."""
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
     for task_episode in distributed.shard(episode):
-        result = step_task(model, params, task_episode, pad_id)
+        with compute():  # the model's compute precision (bf16 autocast, or nothing)
+            result = step_task(model, params, task_episode, pad_id)
         stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
     for p in params.values():
         if p.grad is None:  # a rank with no task this step still takes part in the sum
