@@ -216,3 +216,10 @@ def test_every_packaged_recipe_shows(name, capsys):
     assert main(["recipes", "show", name]) == 0
     shown = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
     assert len(shown) == len(dataclasses.fields(TrainConfig))
+
+
+def test_compare_refuses_a_prompt_override_and_names_the_flag(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    argv = ["compare", "--split", "tiny", "--data-dir", str(tiny_data_dir), "--model", str(tiny_model_dir),
+            "--methods", "none,metaicl", "--out", str(tmp_path / "cmp"), "prompt=channel"]
+    assert main(argv) == 2
+    assert "use --prompt" in capsys.readouterr().err and not (tmp_path / "cmp").exists()
