@@ -234,9 +234,12 @@ def resolve_train_method(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace, argv: list[str]) -> None:
     command_line = "maml-en-llm " + " ".join(argv)
-    if getattr(args, "removed_method", None) is not None:
-        raise UserError(f"--method {args.removed_method}: the scoring direction is now --prompt direct|channel "
-                        "(--method names a training algorithm)")
+    removed = getattr(args, "removed_method", None)
+    if removed is not None:
+        hint = "; to list training methods use --methods" if args.command == "compare" and removed not in PROMPTS \
+            else ""
+        raise UserError(f"--method {removed}: the scoring direction is now --prompt direct|channel (--method names a "
+                        f"training algorithm){hint}")
     if args.command == "data" and args.kind == "bigbench":
         from .bigbench import build_collection
 
