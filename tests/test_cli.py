@@ -90,7 +90,8 @@ def test_recipe_method_is_used_without_method_flag(tiny_model_dir, tiny_data_dir
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: fomaml\ninner_steps: 1\n")
     out = tmp_path / "run"
-    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--config", str(recipe), *TINY_RECIPE)) == 0
+    assert main(train_args(tiny_model_dir, tiny_data_dir, out, "--config", str(recipe), *TINY_RECIPE,
+                           "eval_every=1", "eval_max_test=2")) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["method"] == "fomaml"
     # the default logger mirrors metrics.jsonl into TensorBoard event files next to it
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -101,6 +102,9 @@ def test_recipe_method_is_used_without_method_flag(tiny_model_dir, tiny_data_dir
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("train/loss")] == \
         [(m["step"], m["loss"]) for m in metrics]
     assert "train/inner_loss" in events.Tags()["scalars"]
+    validation = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("validation/icl")] == \
+        [(v["step"], v["icl"]) for v in validation]
 
 
 @pytest.mark.parametrize("extra,needle", [

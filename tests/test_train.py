@@ -370,3 +370,41 @@ def test_gradient_clipping_scales_the_averaged_gradient_to_max_norm():
 def test_combinations_that_make_no_sense_are_refused(overrides, message):
     with pytest.raises(UserError, match=message):
         make_config(overrides=parse_overrides(overrides))
+
+
+def test_in_training_validation_scores_dev_files_at_step_0_and_every_n_steps(tmp_path, tiny_data_dir, tiny_model_dir):
+    """validation.jsonl has a line at step 0 and every eval_every steps; its step-0 numbers equal an ordinary
+    evaluation of the base model whose test files are the dev files (k-shot and zero-shot)."""
+    import shutil
+
+    from maml_en_llm.evaluate import evaluate_model
+
+    fields = dict(method="metaicl", steps=4, eval_every=2, eval_k=2, eval_max_test=6, eval_seeds=2)
+    run(tmp_path, tiny_data_dir, tiny_model_dir, **fields)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [0, 2, 4]
+    assert lines[0]["total_tokens"] == 0 and lines[-1]["total_tokens"] > lines[1]["total_tokens"] > 0
+    assert set(lines[0]["tasks"]) == {"cls_c", "cls_d"}
+    for line in lines:
+        assert line["icl_gain"] == pytest.approx(line["icl"] - line["zero_shot"])
+
+    as_test = tmp_path / "dev_as_test"
+    shutil.copytree(tiny_data_dir, as_test)
+    for task in ("cls_c", "cls_d"):
+        for seed in (100, 13):
+            shutil.copy(as_test / task / f"{task}_16_{seed}_dev.jsonl", as_test / task / f"{task}_16_{seed}_test.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for k, key in ((2, "icl"), (0, "zero_shot")):
+        result = evaluate_model(model, tokenizer, data_dir=as_test, split="tiny", k=k, seeds=[100, 13], max_test=6,
+                                progress=False)
+        assert lines[0][key] == pytest.approx(result["average"]["all"])
+        for task in ("cls_c", "cls_d"):
+            assert lines[0]["tasks"][task][key] == pytest.approx(result["tasks"][task]["mean"])
+
+
+def test_validation_needs_dev_files(tmp_path, tiny_data_dir, tiny_model_dir):
+    (tiny_data_dir / "cls_c" / "cls_c_16_100_dev.jsonl").unlink()
+    with pytest.raises(UserError, match="cls_c_16_100_dev.jsonl: dev file not found"):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, eval_every=1)
+    assert not (tmp_path / "run").exists()

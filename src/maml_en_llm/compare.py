@@ -138,16 +138,11 @@ def steps_for_tokens(config: TrainConfig, tasks, tokenize, tokens: int) -> tuple
 
     Tokenization only: the same episodes, tokens and count (len(context) + len(target) of every support and query
     instance) that the train loop logs as `tokens`."""
-    from .episodes import sample_episode
-    from .prompts import PromptFormat
+    from .train import episode_of
 
-    fmt = PromptFormat(config.prompt)
     step, total = 0, 0
     while total < tokens:
-        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
-                                 k=config.demonstrations, support_size=config.support_size,
-                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
-                                 use_instructions=config.method == "ict")
+        episode = episode_of(config, tasks, step, tokenize)
         total += sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
         step += 1
     return step, total

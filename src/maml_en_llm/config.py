@@ -31,6 +31,7 @@ class TrainConfig:
     steps: int = 100  # meta-steps (outer optimizer updates)
     k: int = 16  # demonstrations per training instance (multitask0 forces 0)
     prompt: str = "direct"  # direct | channel (MetaICL's two scoring directions)
+    train_labels: str = "gold"  # demonstrations' labels in training: gold | random | symbols (labels.py)
     seed: int = 100  # seeds model-independent randomness: episodes, and torch
     lr: float = 1e-5  # outer learning rate (AdamW), after warmup decays linearly to 0
     warmup_steps: int = 0  # linear warmup of the outer learning rate
@@ -74,6 +75,8 @@ class TrainConfig:
             raise bad("method", f"is not one of {list(METHODS)}")
         if self.prompt not in ("direct", "channel"):
             raise bad("prompt", "must be direct or channel")
+        if self.train_labels not in ("gold", "random", "symbols"):
+            raise bad("train_labels", "must be gold, random or symbols")
         if self.inner_optimizer == "shared-adam":
             raise bad("inner_optimizer", "is ambiguous: choose shared-adam-copy (inner steps start from the outer "
                       "AdamW's moments, private copies) or shared-adam-chain (inner steps write into them)")

@@ -16,6 +16,7 @@ A LoRA run writes two folders:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +45,9 @@ def apply_lora(model: torch.nn.Module, *, rank: int, alpha: float, dropout: floa
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(targets),
                         task_type=task_type, init_lora_weights=init_weights)
     try:
-        peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)
     except ValueError as err:  # e.g. "Target modules {...} not found in the base model"
         raise UserError(f"lora_targets={targets!r}: {str(err).splitlines()[0]}") from None
     for name, param in peft_model.named_parameters():

@@ -1,9 +1,10 @@
 """Experiment tracking for training: TensorBoard event files (default), Weights & Biases, or nothing.
 
-`metrics.jsonl` stays the record of a run; a tracker mirrors each of its lines to a dashboard:
+`metrics.jsonl` (and `validation.jsonl`) stay the record of a run; a tracker mirrors each line to a dashboard:
 
     tracker = Tracker(run_dir, "tensorboard", enabled=is_main_rank, resume_step=start_step, config=recipe)
-    tracker.log(record, step)      # every numeric value of the metrics.jsonl line, as a scalar at `step`
+    tracker.log(record, step)      # every numeric value of the metrics.jsonl line: train/<key> at `step`
+    tracker.log(record, step, prefix="validation")   # a validation.jsonl line: validation/<key>
     tracker.close()
 
 TensorBoard writes `events.out.tfevents.*` into the run folder itself, next to `metrics.jsonl`, so
@@ -61,15 +62,16 @@ class Tracker:
                                          dir=str(run_dir), config=config or {}, id=run_id, resume="allow")
             id_file.write_text(str(self._wandb_run.id) + "\n")
 
-    def log(self, record: dict, step: int) -> None:
-        """Log every numeric value of `record` (a metrics.jsonl line) at `step`."""
+    def log(self, record: dict, step: int, prefix: str = "train") -> None:
+        """Log every top-level numeric value of `record` (a metrics.jsonl or validation.jsonl line) at `step`, as
+        `<prefix>/<key>`."""
         values = _scalars(record)
         if self._writer is not None:
             for key, value in values.items():
                 if math.isfinite(value):
-                    self._writer.add_scalar(f"train/{key}", value, step)
+                    self._writer.add_scalar(f"{prefix}/{key}", value, step)
         elif self._wandb_run is not None:
-            self._wandb_run.log({f"train/{key}": value for key, value in values.items()}, step=step)
+            self._wandb_run.log({f"{prefix}/{key}": value for key, value in values.items()}, step=step)
 
     def close(self) -> None:
         if self._writer is not None:

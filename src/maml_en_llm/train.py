@@ -5,6 +5,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
     RUN_DIR/config.yaml      the resolved recipe (a resumed run must match it)
     RUN_DIR/run.json         model, data, split, command line
     RUN_DIR/metrics.jsonl    one line per meta-step (mirrored to TensorBoard events here, or W&B: tracking.py)
+    RUN_DIR/validation.jsonl in-context and zero-shot dev scores every eval_every steps (validation.py)
     RUN_DIR/checkpoints/     see checkpoint.py
     RUN_DIR/final/           HF folder (safetensors + tokenizer) that `eval` and plain transformers load
 """
@@ -34,6 +35,7 @@ from .provenance import provenance
 from .prompts import PromptFormat, make_tokenize
 from .tasks import check_split_data, load_pool, load_split, load_task_meta
 from .tracking import Tracker
+from .validation import load_validation, validate
 
 
 def run_train(args, command_line: str) -> None:
@@ -85,6 +87,14 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity:
             if key in recorded and recorded[key] != identity[key]:
                 raise UserError(f"{run_json}: --resume with a different {key} (run: {recorded[key]!r}, now: "
                                 f"{identity[key]!r}); resume with the original {key} or start a new --out")
+
+
+def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize) -> list:
+    """The episode of meta-step `step` under this recipe (a pure function of the recipe, the tasks and step)."""
+    return sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
+                          k=config.demonstrations, support_size=config.support_size, query_size=config.query_size,
+                          tokenize=tokenize, fmt=PromptFormat(config.prompt), use_instructions=config.method == "ict",
+                          train_labels=config.train_labels)
 
 
 def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
@@ -145,6 +155,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
     tasks = load_training_tasks(config, data_dir, split)  # fails on bad data before the model loads
+    validation = load_validation(config, data_dir, split) if config.eval_every else None
     checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
     distributed.barrier()  # every rank has checked the run folder before rank 0 writes to it
@@ -162,7 +173,6 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     step_task = task_function(config.method, inner, config.inner_steps)
     shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
     tokenize = make_tokenize(tokenizer)
-    fmt = PromptFormat(config.prompt)
 
     start_step, total_tokens = 0, 0
     if checkpoint is not None:
@@ -175,20 +185,30 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         atomic_write_text(out_dir / "run.json", json.dumps({
             **run_info, "train_tasks": [t.name for t in tasks], "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
+        _truncate_metrics(out_dir / "validation.jsonl", start_step)
     tracker = Tracker(out_dir, logger, enabled=main_rank, resume_step=start_step, config=config.to_dict())
+    compute = lambda: autocast(dtype, target)  # noqa: E731  (the model's compute precision)
+
+    def run_validation(step: int) -> None:
+        if validation is not None and main_rank:
+            record = {"step": step, "total_tokens": total_tokens,
+                      **validate(model, tokenizer, validation, config.prompt, compute)}
+            with open(out_dir / "validation.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            tracker.log(record, step, prefix="validation")
+
+    if start_step == 0:
+        run_validation(0)
 
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, disable=not (progress and main_rank),
                desc=f"train {config.method}", unit="step")
     for step in bar:
         started = time.perf_counter()
-        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
-                                 k=config.demonstrations, support_size=config.support_size,
-                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
-                                 use_instructions=config.method == "ict")
+        episode = episode_of(config, tasks, step, tokenize)
         lr = scheduler.get_last_lr()[0]
         stats = meta_step(model, params, episode, step_task, optimizer, tokenizer.pad_token_id,
                           shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
-                          compute=lambda: autocast(dtype, target))
+                          compute=compute)
         scheduler.step()
 
         seconds = time.perf_counter() - started
@@ -206,6 +226,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
             tracker.log(record, step + 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             last = step + 1 == config.steps
+            if config.eval_every and (last or (step + 1) % config.eval_every == 0):
+                run_validation(step + 1)
             if last or (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0):
                 save_checkpoint(out_dir, step + 1, params, optimizer, scheduler,
                                 {"tokens": total_tokens, "sampler": {"seed": config.seed, "next_step": step + 1}},
