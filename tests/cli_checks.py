@@ -78,8 +78,12 @@ class Ctx:
         return self.tmp / "out"
 
     @property
-    def results(self) -> Path:  # eval's results file
-        return self.tmp / "out" / "results.json"
+    def eval_dir(self) -> Path:  # eval's --out folder
+        return self.tmp / "out" / "eval"
+
+    @property
+    def results(self) -> Path:  # the results file eval writes into it
+        return self.eval_dir / "results.json"
 
     def pool(self, task: str) -> Path:
         return self.data / task / f"{task}_16384_100_train.jsonl"
@@ -109,7 +113,7 @@ def train(ctx: Ctx, *extra: str, split: str = "tiny", method: str = "metaicl") -
 
 def evaluate(ctx: Ctx, *extra: str, split: str = "tiny", model: Path | None = None) -> list[str]:
     return ["eval", "--model", str(model or ctx.model), "--data-dir", str(ctx.data), "--split", split,
-            "--out", str(ctx.results), "--k", "1", "--seeds", "100", "--max-test", "2", *extra]
+            "--out", str(ctx.eval_dir), "--k", "1", "--seeds", "100", "--max-test", "2", *extra]
 
 
 def compare(ctx: Ctx, *extra: str, split: str = "tiny") -> list[str]:

@@ -128,7 +128,7 @@ def _(ctx):
 def _(ctx):
     argv = evaluate(ctx)
     argv[argv.index("--k") + 1] = "17"
-    return argv, ["cls_c_16_100_train.jsonl", "fewer than k=17"]
+    return argv, ["cls_c_16_100_train.jsonl", "k=17 needs a demonstration file"]
 
 
 # ---------------------------------------------------------------- split files
@@ -395,7 +395,7 @@ def _(ctx):
 def _(ctx):
     argv = train(ctx)
     del argv[argv.index("--method"):argv.index("--method") + 2]
-    return argv, ["maml-en-llm train: the following arguments are required: --method"]
+    return argv, ["train: no method; pass --method"]
 
 
 @case("flag-compare-unknown-method")

@@ -75,13 +75,14 @@ def _(ctx):
 @case("out-eval-under-a-file")
 def _(ctx):
     ctx.out.write_text("notes")
-    return evaluate(ctx), [f"--out {ctx.results}", f"{ctx.out} is a file"]
+    return evaluate(ctx), [f"--out {ctx.eval_dir}", f"{ctx.out} is a file"]
 
 
-@case("out-eval-is-a-folder")
+@case("out-eval-is-a-file")
 def _(ctx):
-    ctx.results.mkdir(parents=True)
-    return evaluate(ctx), [f"--out {ctx.results}", "is a folder"]
+    ctx.eval_dir.parent.mkdir(parents=True)
+    ctx.eval_dir.write_text("notes")
+    return evaluate(ctx), [f"--out {ctx.eval_dir}", "is a file, not a folder"]
 
 
 @case("out-train-under-a-file")
@@ -145,7 +146,7 @@ def test_read_only_output_folder(command, tmp_path, tiny_data_dir, tiny_model_di
         pytest.skip("running as root where chmod does not block writes, and chattr +i is unavailable")
     try:
         argv = {"train": train, "eval": evaluate, "compare": compare}[command](ctx)
-        target = locked / ("results.json" if command == "eval" else "run")
+        target = locked / ("eval" if command == "eval" else "run")
         argv[argv.index("--out") + 1] = str(target)
         assert_one_line_error(capsys, argv, [f"--out {target}", f"cannot write in {locked}"], tmp_path,
                               case=f"out-read-only-{command}", places=places(ctx))

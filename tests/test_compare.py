@@ -68,6 +68,10 @@ def test_report_files_hold_table_cis_tests_and_budget(first_run):
     report = json.loads((first_run / "compare.json").read_text())
     assert report["budget"]["equalised"] == "steps" and report["budget"]["steps"] == 2
     assert report["command"].startswith("maml-en-llm compare")
+    from maml_en_llm import __version__
+
+    assert report["provenance"]["package_version"] == __version__ and report["provenance"]["device"] == "cpu"
+    assert report["eval"]["prompt"] == "direct"
     assert [row["label"] for row in report["rows"]] == ["none", "metaicl", "maml"]
     for row in report["rows"]:
         for block in ("icl", "adapted"):

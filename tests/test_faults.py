@@ -188,9 +188,10 @@ def test_disk_full_while_writing_eval_results_is_one_line(tmp_path, tiny_model_d
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
     monkeypatch.setattr(evaluate, "atomic_write_text", full)
-    out = tmp_path / "results.json"
+    folder = tmp_path / "eval"
+    out = folder / "results.json"
     assert main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--split", "tiny", "--out",
-                 str(out), "--k", "1", "--seeds", "100", "--max-test", "2"]) == 2
+                 str(folder), "--k", "1", "--seeds", "100", "--max-test", "2"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in err and lines == [f"error: {out}: No space left on device; free disk space or fix "

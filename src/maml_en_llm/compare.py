@@ -30,6 +30,7 @@ from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .metrics import mean_ci95, paired_test, result_cells
 from .paths import atomic_write_text, check_output, default_data_dir
+from .provenance import provenance
 from .tasks import Split
 from .train import load_training_tasks, train
 
@@ -41,7 +42,7 @@ SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
 BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted"}
 # Recipe fields that compare's own flags set for every method, so a key=value would silently split train and eval.
 SET_BY_FLAGS = {"method": "--methods", "k": "--k (it sets the training and the evaluation k)",
-                "prompt": "--method (it sets the training and the evaluation direction)"}
+                "prompt": "--prompt (it sets the training and the evaluation direction)"}
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -183,7 +184,7 @@ def plan_compare(args, command_line: str) -> Plan:
     eval_data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test)  # checks every test file
     split = eval_data.split
 
-    fixed = {"k": args.k, "prompt": args.method}
+    fixed = {"k": args.k, "prompt": args.prompt}
     if args.steps is not None:
         fixed["steps"] = args.steps
     shared = make_config(args.config, overrides, **fixed)
@@ -226,7 +227,7 @@ def plan_compare(args, command_line: str) -> Plan:
             row.run_name = f"{method}-{_digest(identity)}"
         rows.append(row)
 
-    eval_settings = {"k": args.k, "seeds": list(args.seeds), "method": args.method, "max_test": args.max_test,
+    eval_settings = {"k": args.k, "seeds": list(args.seeds), "prompt": args.prompt, "max_test": args.max_test,
                      "batch_size": args.batch_size, "adapt_steps": args.adapt_steps,
                      "adapt_lr": args.adapt_lr if args.adapt_steps else None,
                      "adapt_optimizer": args.adapt_optimizer if args.adapt_steps else None, "dtype": args.dtype}
@@ -302,7 +303,7 @@ def evaluate_row(plan: Plan, row: Row, position: str) -> dict:
     model.eval()
     s = plan.eval_settings
     result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=s["k"], seeds=s["seeds"],
-                            method=s["method"], max_test=s["max_test"], batch_size=s["batch_size"],
+                            method=s["prompt"], max_test=s["max_test"], batch_size=s["batch_size"],
                             adapt_steps=s["adapt_steps"], adapt_lr=s["adapt_lr"] or 1e-5,
                             adapt_optimizer=s["adapt_optimizer"] or "adam")
     del model
@@ -402,7 +403,7 @@ def format_markdown(report: dict) -> str:
     s = report["eval"]
     lines = [f"# compare: {report['model']} on {report['split']['name']}", "",
              f"- budget: {budget_line}",
-             f"- evaluation: k={s['k']}, {s['method']}, seeds {', '.join(map(str, s['seeds']))}, "
+             f"- evaluation: k={s['k']}, {s['prompt']}, seeds {', '.join(map(str, s['seeds']))}, "
              f"max test {s['max_test'] or 'all'}" + (f", adapted: {s['adapt_steps']} steps {s['adapt_optimizer']} "
                                                      f"lr {s['adapt_lr']:g}" if s["adapt_steps"] else ""),
              f"- test tasks: {len(report['split']['test'])} ({len(report['split']['unseen_domain_test'])} unseen "
@@ -528,6 +529,8 @@ def run_compare(args, command_line: str) -> dict:
                              for subset, tasks in subsets.items()} if block in entry["eval"] else None)
         rows.append(entry)
     tests, headline = paired_tests(rows, plan.split, bool(plan.sweep))
+    from .models import pick_device
+
     report = {
         "command": plan.command, "model": plan.model, "data_dir": str(plan.data_dir),
         "split": {"name": plan.split.name, "source": plan.split.source, "train": list(plan.split.train),
@@ -539,6 +542,7 @@ def run_compare(args, command_line: str) -> dict:
                       "worst = min_s a_s; ci95 = Student-t interval of the mean over task x seed cells; paired "
                       "tests pair the same (task, seed) cells of two rows (paired t-test and Wilcoxon signed-rank)",
         "wall_seconds": round(time.perf_counter() - started, 2),
+        "provenance": provenance(pick_device(plan.device)),
     }
     report = _clean(report)
     markdown = format_markdown(report)

@@ -37,8 +37,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warmup of the outer learning rate
     weight_decay: float = 0.0  # outer AdamW weight decay (inner updates never decay)
     max_grad_norm: float = 1.0  # clip the (meta-)gradient to this L2 norm before the outer step; 0 = off
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of the outer optimizer (and of Adam inner steps)
+    adam_eps: float = 1e-8  # Adam epsilon of the outer optimizer (and of Adam inner steps)
     tasks_per_step: int = 4  # "exploration tasks" sampled per meta-step
     support_size: int = 2  # instances per task in the support (exploration) batch
     query_size: int = 2  # instances per task in the query (validation) batch, disjoint from support

@@ -4,6 +4,8 @@ Layout (`data_dir` is any folder in this layout: the BIG-bench collection we bui
 
     <data_dir>/<task>/<task>_16384_100_train.jsonl      meta-training pool of a task
     <data_dir>/<task>/<task>_16_<seed>_{train,dev,test}.jsonl   k-shot demonstrations / dev / test of a target task
+                                                        (other sizes K too: k demonstrations come from the
+                                                        smallest K >= k present)
     <data_dir>/config/tasks/<task>.json                 {"task_type": "classification"|"multi-choice", "options": [...]|null}
     split files                                         {"train": [...], "test": [...], "unseen_domain_test": [...]}
 
@@ -158,12 +160,48 @@ def load_pool(data_dir: Path, task: str, max_examples: int | None = None) -> lis
     return examples[:max_examples] if max_examples else examples
 
 
+def shot_files(data_dir: Path, task: str, seed: int, split: str) -> dict[int, Path]:
+    """{K: path} of every `<task>_<K>_<seed>_<split>.jsonl` present, the meta-training pool (K=16384, seed 100)
+    excluded: demonstration and test files come in several sizes K, the pool is not one of them."""
+    found = {}
+    folder = Path(data_dir) / task
+    for path in folder.glob(f"{task}_*_{seed}_{split}.jsonl") if folder.is_dir() else ():
+        middle = path.name[len(task) + 1: -len(f"_{seed}_{split}.jsonl")]
+        if middle.isdigit() and not (int(middle) == POOL_K and seed == POOL_SEED and split == "train"):
+            found[int(middle)] = path
+    return dict(sorted(found.items()))
+
+
+def demonstrations_file(data_dir: Path, task: str, seed: int, k: int) -> Path:
+    """The smallest `<task>_<K>_<seed>_train.jsonl` with K >= k (MetaICL's files hold K = 16); a one-line error
+    naming the largest one present when none is big enough."""
+    files = shot_files(data_dir, task, seed, "train")
+    big_enough = [K for K in files if K >= k]
+    if big_enough:
+        return files[big_enough[0]]
+    if not files:
+        raise UserError(f"{task_file(data_dir, task, 16, seed, 'train')}: file not found (no demonstration file "
+                        f"{task}_<K>_{seed}_train.jsonl); build the data or lower --k")
+    largest = max(files)
+    raise UserError(f"{files[largest]}: k={k} needs a demonstration file with at least {k} examples; the largest "
+                    f"for {task} seed {seed} holds {largest}; lower --k or build larger files "
+                    f"(`maml-en-llm data hf --shots {k}`)")
+
+
+def find_test_file(data_dir: Path, task: str, seed: int) -> Path:
+    """`<task>_16_<seed>_test.jsonl` (MetaICL's name), else the test file of the smallest K present."""
+    files = shot_files(data_dir, task, seed, "test")
+    if 16 in files or not files:
+        return task_file(data_dir, task, 16, seed, "test")
+    return files[min(files)]
+
+
 def load_demonstrations(data_dir: Path, task: str, seed: int, k: int) -> list[Example]:
-    """The first k examples of `<task>_16_<seed>_train.jsonl` (k=0: none, zero-shot)."""
+    """The first k examples of the smallest `<task>_<K>_<seed>_train.jsonl` with K >= k (k=0: none, zero-shot)."""
     check_task_name(task, str(data_dir))
     if k == 0:
         return []
-    path = task_file(data_dir, task, 16, seed, "train")
+    path = demonstrations_file(data_dir, task, seed, k)
     examples = read_examples(path, task)
     if len(examples) < k:
         raise UserError(f"{path}: has {len(examples)} examples, fewer than k={k}; lower --k")
@@ -171,9 +209,10 @@ def load_demonstrations(data_dir: Path, task: str, seed: int, k: int) -> list[Ex
 
 
 def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None) -> list[Example]:
-    """`<task>_16_<seed>_test.jsonl`, its first `max_test` examples when given; every example needs >= 2 options."""
+    """The seed's test file (`find_test_file`), its first `max_test` examples when given; every example needs >= 2
+    options."""
     check_task_name(task, str(data_dir))
-    path = task_file(data_dir, task, 16, seed, "test")
+    path = find_test_file(data_dir, task, seed)
     examples = read_examples(path, task)
     for line_no, example in enumerate(examples, start=1):
         if len(example.options) < 2:
@@ -271,7 +310,7 @@ def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("tr
             if part == "train":
                 wanted = [task_file(data_dir, task, POOL_K, POOL_SEED, "train")]
             else:
-                wanted = [task_file(data_dir, task, 16, seed, "test") for seed in seeds]
+                wanted = [find_test_file(data_dir, task, seed) for seed in seeds]
             missing = [p for p in wanted if not p.is_file()]
             if missing:
                 raise UserError(

@@ -4,7 +4,7 @@ The loop owns devices, logging and checkpoints; `algorithms.py` owns the (meta-)
 
     RUN_DIR/config.yaml      the resolved recipe (a resumed run must match it)
     RUN_DIR/run.json         model, data, split, command line
-    RUN_DIR/metrics.jsonl    one line per meta-step
+    RUN_DIR/metrics.jsonl    one line per meta-step (mirrored to TensorBoard events here, or W&B: tracking.py)
     RUN_DIR/validation.jsonl in-context and zero-shot dev scores every eval_every steps (validation.py)
     RUN_DIR/checkpoints/     see checkpoint.py
     RUN_DIR/final/           HF folder (safetensors + tokenizer) that `eval` and plain transformers load
@@ -36,6 +36,7 @@ from .prompts import PromptFormat, make_tokenize
 from .scoring import pad_id_of
 from .tasks import (check_split_data, check_train_test_overlap, load_pool, load_split, load_task_meta,
                     train_test_overlap)
+from .tracking import Tracker
 from .validation import load_validation, validate
 
 
@@ -44,7 +45,7 @@ def run_train(args, command_line: str) -> None:
     config = make_config(args.config, parse_overrides(args.overrides), method=args.method)
     train(config, model_name=args.model, data_dir=args.data_dir, split=args.split, out_dir=args.out,
           resume=args.resume, device=args.device, dtype=args.dtype, command=command_line,
-          allow_train_test_overlap=args.allow_train_test_overlap)
+          allow_train_test_overlap=args.allow_train_test_overlap, logger=getattr(args, "logger", "tensorboard"))
 
 
 def load_training_tasks(config: TrainConfig, data_dir: Path, split_spec: str,
@@ -143,9 +144,10 @@ def _schedule(config: TrainConfig):
 
 def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split: str, out_dir: Path,
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
-          progress: bool = True, allow_train_test_overlap: bool = False) -> Path:
+          progress: bool = True, allow_train_test_overlap: bool = False, logger: str = "tensorboard") -> Path:
     """Meta-train and return the final HF folder. `allow_train_test_overlap` accepts a split whose train and test
-    lists share tasks (refused otherwise); run.json records it."""
+    lists share tasks (refused otherwise); run.json records it. `logger`: tensorboard | wandb | none
+    (tracking.py)."""
     from .models import pick_device, save_model
 
     dtype = check_update_dtype(dtype)
@@ -194,6 +196,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
             "train_test_overlap": train_test_overlap(load_split(split, data_dir)), "command": command}, indent=1))
         _truncate_metrics(metrics_path, start_step)
         _truncate_metrics(out_dir / "validation.jsonl", start_step)
+    tracker = Tracker(out_dir, logger, enabled=main_rank, resume_step=start_step, config=config.to_dict())
     compute = lambda: autocast(dtype, target)  # noqa: E731  (the model's compute precision)
 
     def run_validation(step: int) -> None:
@@ -202,6 +205,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                       **validate(model, tokenizer, validation, config.prompt, compute)}
             with open(out_dir / "validation.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            tracker.log(record, step, prefix="validation")
 
     if start_step == 0:
         run_validation(0)
@@ -229,6 +233,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         if main_rank:
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            tracker.log(record, step + 1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             last = step + 1 == config.steps
             if config.eval_every and (last or (step + 1) % config.eval_every == 0):
@@ -239,6 +244,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                                 keep=config.keep_checkpoints)
         distributed.barrier()
     bar.close()
+    tracker.close()
 
     final = out_dir / "final"
     if main_rank:
