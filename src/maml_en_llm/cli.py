@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = cmp_.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="meta-steps per method")
     budget.add_argument("--tokens", type=int, default=None, help="training tokens per method (steps derived)")
+    budget.add_argument("--budget", default=None, metavar="KIND=N",
+                        help="steps=N (= --steps N), tokens=N (= --tokens N), or seconds=S: equal wall-clock, each "
+                             "method's steps = S / its timed seconds per meta-step")
     _add_eval_args(cmp_, k_default=None)
     cmp_.add_argument("--sweep", default=None, help="FIELD=v1,v2,... : ablate one recipe field for one method")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")

@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,6 +102,66 @@ def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize) 
                           train_labels=config.train_labels)
 
 
+@dataclass
+class TrainingSetup:
+    """Everything one meta-step needs: the model, its trained parameters, the outer AdamW with its schedule, and
+    the method's per-task function with its inner optimizer bound."""
+    config: TrainConfig
+    model: torch.nn.Module
+    tokenizer: object
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step_task: object
+    shares_moments: bool
+
+    def __post_init__(self) -> None:
+        self.tokenize = make_tokenize(self.tokenizer)
+
+    def step(self, episode, compute=contextlib.nullcontext) -> dict:
+        """One outer update on `episode` (see `meta_step`)."""
+        return meta_step(self.model, self.params, episode, self.step_task, self.optimizer, pad_id_of(self.tokenizer),
+                         shares_moments=self.shares_moments, max_grad_norm=self.config.max_grad_norm, compute=compute)
+
+
+def setup_training(config: TrainConfig, model_name: str, dtype: str, device: torch.device) -> TrainingSetup:
+    model, tokenizer = build_model(config, model_name, dtype, device)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # adapters only with LoRA
+    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=tuple(config.adam_betas),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    ensure_adam_state(optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
+    inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
+                           shared=optimizer, shared_params=params)
+    step_task = task_function(config.method, inner, config.inner_steps)
+    shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
+    return TrainingSetup(config, model, tokenizer, params, optimizer, scheduler, step_task, shares_moments)
+
+
+def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, split: str, device: str | None,
+                     dtype: str, steps: int = 3) -> dict:
+    """Time `steps` meta-steps of this recipe (after one warm-up step) on its own first episodes, in a throwaway
+    copy of the model: what `compare --budget seconds=S` divides S by. Median and all times, in seconds."""
+    from .models import pick_device
+
+    dtype = check_update_dtype(dtype)
+    target = pick_device(device)
+    tasks = load_training_tasks(config, Path(data_dir), split)
+    torch.manual_seed(config.seed)
+    setup = setup_training(config, model_name, dtype, target)
+    times = []
+    for step in range(steps + 1):
+        episode = episode_of(config, tasks, step, setup.tokenize)
+        started = time.perf_counter()
+        setup.step(episode, lambda: autocast(dtype, target))
+        if target.type == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - started)
+    return {"median": sorted(times)[len(times) // 2], "times": [round(t, 3) for t in times],
+            "threads": torch.get_num_threads()}
+
+
 def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
     """The model as training uses it: fp32 master weights (a bf16 frozen base under LoRA + bfloat16), eager
     attention for second-order MAML (SDPA and flash have no double backward), LoRA adapters and activation
@@ -169,17 +230,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
 
     torch.manual_seed(config.seed)
     target = pick_device(device)
-    model, tokenizer = build_model(config, model_name, dtype, target)
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # adapters only with LoRA
-    optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=tuple(config.adam_betas),
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
-    ensure_adam_state(optimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
-                           shared=optimizer, shared_params=params)
-    step_task = task_function(config.method, inner, config.inner_steps)
-    shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
-    tokenize = make_tokenize(tokenizer)
+    setup = setup_training(config, model_name, dtype, target)
+    model, tokenizer, params, optimizer, scheduler = (setup.model, setup.tokenizer, setup.params, setup.optimizer,
+                                                      setup.scheduler)
 
     start_step, total_tokens = 0, 0
     if checkpoint is not None:
@@ -214,11 +267,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                desc=f"train {config.method}", unit="step")
     for step in bar:
         started = time.perf_counter()
-        episode = episode_of(config, tasks, step, tokenize)
+        episode = episode_of(config, tasks, step, setup.tokenize)
         lr = scheduler.get_last_lr()[0]
-        stats = meta_step(model, params, episode, step_task, optimizer, pad_id_of(tokenizer),
-                          shares_moments=shares_moments, max_grad_norm=config.max_grad_norm,
-                          compute=compute)
+        stats = setup.step(episode, compute)
         scheduler.step()
 
         seconds = time.perf_counter() - started
