@@ -1,11 +1,15 @@
 """Fixtures shared by the tests: a tiny random causal LM with a byte tokenizer, and a tiny task collection.
 
 Nothing here touches the network or ../shared: a user's clone must run the suite as it is.
+
+Tests that take the `device` fixture run on the device named by MAML_EN_LLM_TEST_DEVICE (default cpu;
+scripts/gpu_check.sh sets cuda) and are marked `device`, so `pytest -m device` selects them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -16,6 +20,25 @@ import torch
 torch.set_num_threads(1)
 
 SEEDS = (100, 13, 21, 42, 87)
+TEST_DEVICE = os.environ.get("MAML_EN_LLM_TEST_DEVICE", "cpu")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on MAML_EN_LLM_TEST_DEVICE (cpu unless set)")
+    if torch.device(TEST_DEVICE).type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"MAML_EN_LLM_TEST_DEVICE={TEST_DEVICE} but CUDA is not available here")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """Where device-aware tests run: cpu, or MAML_EN_LLM_TEST_DEVICE."""
+    return torch.device(TEST_DEVICE)
 
 
 def byte_chars() -> list[str]:

@@ -1,122 +1,29 @@
-"""The meta-gradient math, checked on a float64 toy causal LM against independent references.
-
-The toy model is float64 end to end (HF Llama computes RMSNorm and rotary in float32 even in a float64 model,
-which would limit finite differences to ~1e-5), nonlinear (tanh) so second-order terms matter, and takes the
-same call signature as an HF causal LM, so the real `lm.sequence_losses` and `algorithms` code run unchanged.
-"""
+"""The meta-gradient math, checked on a float64 toy causal LM (tests/toy.py) against independent references."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM
 
 from maml_en_llm.algorithms import (
     InnerOptimizer, adapt, ensure_adam_state, maml_task as _maml_task, metaicl_task as _metaicl_task,
-    reptile_task as _reptile_task,
+    reptile_task as _reptile_task, task_function,
 )
 from maml_en_llm.episodes import TaskEpisode
 from maml_en_llm.lm import collate, mean_loss
 from maml_en_llm.train import meta_step
-
-PAD = 0
-VOCAB = 24
-
-
-class ToyLM(nn.Module):
-    """Embedding -> causal running mean -> tanh layer -> vocabulary, in float64."""
-
-    def __init__(self, seed=0, width=6):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(VOCAB, width)
-        self.mix = nn.Linear(width, width)
-        self.head = nn.Linear(width, VOCAB)
-        self.double()
-
-    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, use_cache=False):
-        mask = attention_mask[..., None].to(torch.float64)
-        h = self.embed(input_ids) * mask
-        running_mean = h.cumsum(1) / mask.cumsum(1).clamp(min=1)
-        logits = self.head(torch.tanh(self.mix(running_mean)) + h)
-        return SimpleNamespace(logits=logits[:, -logits_to_keep:] if logits_to_keep else logits)
+from toy import (
+    PAD, ToyLM, collected, directional_fd, dot, episode, params_of, random_direction, restore, snapshot,
+)
 
 
 @pytest.fixture()
-def model():
-    return ToyLM()
-
-
-def collected(task_fn):
-    """Run a task function from zero gradients and return its contribution (what it added to .grad)."""
-
-    def run(model, params, *args, **kwargs):
-        for p in params.values():
-            p.grad = None
-        result = task_fn(model, params, *args, **kwargs)
-        result.grads = {n: p.grad.clone() for n, p in params.items()}
-        for p in params.values():
-            p.grad = None
-        return result
-
-    return run
+def model(device):
+    return ToyLM().to(device)
 
 
 maml_task, metaicl_task, reptile_task = collected(_maml_task), collected(_metaicl_task), collected(_reptile_task)
-
-
-def params_of(model):
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def episode(seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def seq(n_ctx, n_tgt):
-        ids = torch.randint(1, VOCAB, (n_ctx + n_tgt,), generator=g).tolist()
-        return ids[:n_ctx], ids[n_ctx:]
-
-    return TaskEpisode("t", support=[seq(7, 2), seq(4, 3)], query=[seq(6, 2), seq(9, 1)])
-
-
-def snapshot(optimizer):
-    return {p: {k: v.clone() for k, v in state.items()} for p, state in optimizer.state.items()}
-
-
-def restore(optimizer, saved):
-    for p, state in saved.items():
-        optimizer.state[p] = {k: v.clone() for k, v in state.items()}
-
-
-def loss_after_adaptation(model, params, ep, inner, steps):
-    """L_query(theta_i) as a plain number, theta_i computed without a graph. shared-adam's optimizer state is
-    put back afterwards (adapting writes to it)."""
-    saved = snapshot(inner.shared) if inner.shared is not None else None
-    support = collate(ep.support, PAD)
-    adapted, _ = adapt(model, params, support, inner, steps, differentiable=False)
-    with torch.no_grad():
-        value = mean_loss(model, collate(ep.query, PAD), adapted).item()
-    if saved is not None:
-        restore(inner.shared, saved)
-    return value
-
-
-def directional_fd(model, params, ep, inner, steps, direction, eps=1e-6):
-    plus = {n: (p + eps * direction[n]).detach().requires_grad_() for n, p in params.items()}
-    minus = {n: (p - eps * direction[n]).detach().requires_grad_() for n, p in params.items()}
-    return (loss_after_adaptation(model, plus, ep, inner, steps)
-            - loss_after_adaptation(model, minus, ep, inner, steps)) / (2 * eps)
-
-
-def random_direction(params, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()}
-
-
-def dot(a, b):
-    return sum((a[n] * b[n]).sum() for n in a).item()
 
 
 def filled_adamw(params, seed=2):
@@ -126,50 +33,56 @@ def filled_adamw(params, seed=2):
     g = torch.Generator().manual_seed(seed)
     for p in params.values():
         state = opt.state[p]
-        state["exp_avg"].copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 1e-2)
-        state["exp_avg_sq"].copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) * 1e-3 + 1e-4)
+        state["exp_avg"].copy_(torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) * 1e-2)
+        state["exp_avg_sq"].copy_(torch.rand(p.shape, generator=g, dtype=p.dtype).to(p.device) * 1e-3 + 1e-4)
         state["step"].fill_(3)
     return opt
 
 
 # Fresh Adam is nearly sign(g): smooth only where |g| >> eps, so its case uses a large eps to keep finite
-# differences meaningful; shared-adam starts from moments with history, which are smooth at the default eps.
-@pytest.mark.parametrize("kind, lr, steps, eps", [
-    ("sgd", 0.5, 1, 1e-8), ("sgd", 0.3, 2, 1e-8), ("adam", 1e-2, 1, 1e-1), ("shared-adam", 1e-2, 2, 1e-8)])
-def test_second_order_meta_gradient_matches_finite_differences(model, kind, lr, steps, eps):
+# differences meaningful; the shared kinds start from moments with history, which are smooth at the default eps.
+INNER_CASES = [("sgd", 0.5, 1, 1e-8), ("sgd", 0.3, 2, 1e-8), ("adam", 0.2, 1, 1e-1), ("adam", 0.2, 2, 1e-1),
+               ("shared-adam-copy", 1e-2, 2, 1e-8), ("shared-adam-chain", 1e-2, 2, 1e-8)]
+
+
+@pytest.mark.parametrize("kind, lr, steps, eps", INNER_CASES)
+def test_second_order_part_matches_finite_differences(model, kind, lr, steps, eps):
+    """The second-order part on its own: (analytic - first-order) against (finite difference - first-order),
+    along a random direction. The first-order part is computed the same way in both, so this isolates the
+    derivative through the inner updates (Hessian terms, and the Adam step's backward)."""
     params = params_of(model)
     ep = episode()
-    shared = filled_adamw(params) if kind == "shared-adam" else None
+    shared = filled_adamw(params) if kind.startswith("shared") else None
     inner = InnerOptimizer(kind, lr, eps=eps, shared=shared, shared_params=params)
     saved = snapshot(shared) if shared else None
-    result = maml_task(model, params, ep, PAD, inner, steps, first_order=False)
-    if shared:
-        restore(shared, saved)
-    direction = random_direction(params)
-    analytic = dot(result.grads, direction)
-    numeric = directional_fd(model, params, ep, inner, steps, direction)
-    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-9)
-    # and it is not the first-order answer: the second-order term matters at this learning rate
+    second = maml_task(model, params, ep, PAD, inner, steps, first_order=False)
     if shared:
         restore(shared, saved)
     first = maml_task(model, params, ep, PAD, inner, steps, first_order=True)
-    assert abs(dot(first.grads, direction) - analytic) > 1e-6 * max(1.0, abs(analytic))
+    if shared:
+        restore(shared, saved)
+    direction = random_direction(params)
+    analytic, first_order = dot(second.grads, direction), dot(first.grads, direction)
+    numeric = directional_fd(model, params, ep, inner, steps, direction)
+    second_part, numeric_second_part = analytic - first_order, numeric - first_order
+    assert abs(second_part) > 1e-3 * abs(first_order)  # the term matters at this learning rate
+    assert second_part == pytest.approx(numeric_second_part, rel=2e-5, abs=1e-10)
 
 
-def test_first_order_is_the_gradient_at_the_adapted_weights(model):
+def test_first_order_is_the_gradient_at_the_adapted_weights(model, device):
     params = params_of(model)
     ep = episode()
     inner = InnerOptimizer("sgd", 0.5)
     result = maml_task(model, params, ep, PAD, inner, 1, first_order=True)
     # independent reference: adapt a copy of the module by hand, then backprop the query loss normally
     ref = copy.deepcopy(model)
-    support_loss = mean_loss(ref, collate(ep.support, PAD))
+    support_loss = mean_loss(ref, collate(ep.support, PAD).to(device))
     support_loss.backward()
     with torch.no_grad():
         for p in ref.parameters():
             p -= 0.5 * p.grad
             p.grad = None
-    mean_loss(ref, collate(ep.query, PAD)).backward()
+    mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
     for name, p in ref.named_parameters():
         torch.testing.assert_close(result.grads[name], p.grad, rtol=1e-9, atol=1e-12)
 
@@ -186,13 +99,31 @@ def test_zero_inner_steps_reduce_maml_to_the_multitask_gradient(model):
         torch.testing.assert_close(fomaml.grads[name], plain.grads[name], rtol=1e-10, atol=1e-13)
 
 
-def test_reptile_pseudo_gradient_is_theta_minus_adapted(model):
+def test_task_function_binds_each_method_to_its_rule(model):
+    """maml is second order, fomaml first order, metaicl the plain gradient, reptile theta - theta_i: the loop gets
+    its per-task function here, so a mix-up (maml run first order, say) fails."""
+    params = params_of(model)
+    ep = episode()
+    inner = InnerOptimizer("sgd", 0.5)
+    got = {method: collected(task_function(method, inner, 1))(model, params, ep, PAD).grads
+           for method in ("maml", "fomaml", "metaicl", "reptile")}
+    expected = {"maml": maml_task(model, params, ep, PAD, inner, 1, first_order=False).grads,
+                "fomaml": maml_task(model, params, ep, PAD, inner, 1, first_order=True).grads,
+                "metaicl": metaicl_task(model, params, ep, PAD).grads,
+                "reptile": reptile_task(model, params, ep, PAD, inner, 1).grads}
+    for method, grads in got.items():
+        for name in params:
+            torch.testing.assert_close(grads[name], expected[method][name], rtol=0, atol=0)
+    assert not torch.allclose(got["maml"]["mix.weight"], got["fomaml"]["mix.weight"])
+
+
+def test_reptile_pseudo_gradient_is_theta_minus_adapted(model, device):
     params = params_of(model)
     ep = episode()
     before = {n: p.detach().clone() for n, p in params.items()}
     result = reptile_task(model, params, ep, PAD, InnerOptimizer("sgd", 0.1), 2)
     ref = copy.deepcopy(model)
-    batch = collate(ep.support + ep.query, PAD)
+    batch = collate(ep.support + ep.query, PAD).to(device)
     for _ in range(2):
         mean_loss(ref, batch).backward()
         with torch.no_grad():
@@ -204,8 +135,8 @@ def test_reptile_pseudo_gradient_is_theta_minus_adapted(model):
         assert torch.equal(params[name].detach(), before[name])  # theta itself is untouched
 
 
-def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
-    """Documented semantics: one set of moments. Task 1's inner step updates the outer AdamW's moments and step;
+def test_shared_adam_chain_moments_updated_by_inner_and_outer_steps(model, device):
+    """shared-adam-chain: one set of moments. Task 1's inner step updates the outer AdamW's moments and step;
     task 2's inner step starts from those; then AdamW's own step with the mean meta-gradient."""
     params = params_of(model)
     opt = filled_adamw(params)
@@ -220,7 +151,7 @@ def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
     meta = []
     for t, ep in zip((4, 5), episodes):
         ref = copy.deepcopy(model)
-        mean_loss(ref, collate(ep.support, PAD)).backward()
+        mean_loss(ref, collate(ep.support, PAD).to(device)).backward()
         g = {n: p.grad.clone() for n, p in ref.named_parameters()}
         m = {n: b1 * m[n] + (1 - b1) * g[n] for n in g}
         v = {n: b2 * v[n] + (1 - b2) * g[n] ** 2 for n in g}
@@ -228,7 +159,7 @@ def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
             for n, p in ref.named_parameters():
                 p.copy_(theta0[n] - inner_lr / (1 - b1 ** t) * m[n] / (v[n].sqrt() / (1 - b2 ** t) ** 0.5 + eps))
                 p.grad = None
-        mean_loss(ref, collate(ep.query, PAD)).backward()
+        mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
         meta.append({n: p.grad.clone() for n, p in ref.named_parameters()})
     G = {n: (meta[0][n] + meta[1][n]) / 2 for n in params}
     expect_m = {n: b1 * m[n] + (1 - b1) * G[n] for n in params}
@@ -236,7 +167,7 @@ def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
     expect_theta = {n: theta0[n] - outer_lr / (1 - b1 ** 6) * expect_m[n] / (expect_v[n].sqrt() / (1 - b2 ** 6) ** 0.5 + eps)
                     for n in params}
 
-    inner = InnerOptimizer("shared-adam", inner_lr, (b1, b2), eps, shared=opt, shared_params=params)
+    inner = InnerOptimizer("shared-adam-chain", inner_lr, (b1, b2), eps, shared=opt, shared_params=params)
     step_task = lambda mdl, prm, ep, pad: _maml_task(mdl, prm, ep, pad, inner, 1, True)
     meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=True, max_grad_norm=0)
     for n, p in params.items():
@@ -247,31 +178,179 @@ def test_shared_adam_moments_updated_by_inner_and_outer_steps(model):
         torch.testing.assert_close(p.detach(), expect_theta[n], rtol=1e-8, atol=1e-10)
 
 
-def test_separate_adam_and_sgd_leave_outer_moments_alone(model):
+def test_shared_adam_copy_reads_the_outer_moments_and_leaves_them_to_the_meta_gradient(model, device):
+    """shared-adam-copy: both tasks' inner steps start from the same outer moments and step count (bias correction
+    at step 4); the outer AdamW then updates its moments with the mean meta-gradient alone, as plain AdamW would."""
+    params = params_of(model)
+    opt = filled_adamw(params)
+    b1, b2, eps, inner_lr, outer_lr = 0.9, 0.999, 1e-8, 1e-2, 1e-3
+    m0 = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
+    v0 = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in params.items()}
+    theta0 = {n: p.detach().clone() for n, p in params.items()}
+    episodes = [episode(1), episode(2)]
+    meta = []
+    for ep in episodes:
+        ref = copy.deepcopy(model)
+        mean_loss(ref, collate(ep.support, PAD).to(device)).backward()
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                m = b1 * m0[n] + (1 - b1) * p.grad
+                v = b2 * v0[n] + (1 - b2) * p.grad ** 2
+                p.copy_(theta0[n] - inner_lr / (1 - b1 ** 4) * m / (v.sqrt() / (1 - b2 ** 4) ** 0.5 + eps))
+                p.grad = None
+        mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
+        meta.append({n: p.grad.clone() for n, p in ref.named_parameters()})
+    G = {n: (meta[0][n] + meta[1][n]) / 2 for n in params}
+    expect_m = {n: b1 * m0[n] + (1 - b1) * G[n] for n in params}
+    expect_v = {n: b2 * v0[n] + (1 - b2) * G[n] ** 2 for n in params}
+    expect_theta = {n: theta0[n] - outer_lr / (1 - b1 ** 4) * expect_m[n] / (expect_v[n].sqrt() / (1 - b2 ** 4) ** 0.5 + eps)
+                    for n in params}
+
+    inner = InnerOptimizer("shared-adam-copy", inner_lr, (b1, b2), eps, shared=opt, shared_params=params)
+    step_task = lambda mdl, prm, ep, pad: _maml_task(mdl, prm, ep, pad, inner, 1, True)
+    meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=False, max_grad_norm=0)
+    for n, p in params.items():
+        state = opt.state[p]
+        assert int(state["step"]) == 4  # 3 before + the outer step only
+        torch.testing.assert_close(state["exp_avg"], expect_m[n], rtol=1e-8, atol=1e-12)
+        torch.testing.assert_close(state["exp_avg_sq"], expect_v[n], rtol=1e-8, atol=1e-14)
+        torch.testing.assert_close(p.detach(), expect_theta[n], rtol=1e-8, atol=1e-10)
+
+
+def test_adam_sgd_and_shared_adam_copy_leave_the_outer_moments_alone(model):
     params = params_of(model)
     opt = filled_adamw(params)
     before = {n: opt.state[p]["exp_avg"].clone() for n, p in params.items()}
-    for kind in ("adam", "sgd"):
-        maml_task(model, params, episode(), PAD, InnerOptimizer(kind, 1e-2, shared=opt, shared_params=params), 1,
-                  first_order=False)
+    for kind in ("adam", "sgd", "shared-adam-copy"):
+        for first_order in (False, True):
+            maml_task(model, params, episode(), PAD, InnerOptimizer(kind, 1e-2, shared=opt, shared_params=params),
+                      2, first_order=first_order)
     for n, p in params.items():
         assert torch.equal(opt.state[p]["exp_avg"], before[n]) and int(opt.state[p]["step"]) == 3
 
 
-def test_second_order_on_a_real_llama_is_finite_and_reaches_every_parameter(tiny_model_dir):
-    """Fresh shared-adam state (v = 0) and zero gradients (embedding rows of unseen tokens) must not turn into
-    NaN through the second-order graph; padded batches included."""
-    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train()
+def test_second_order_on_a_real_llama_equals_an_independent_hessian_vector_product(tiny_model_dir, device):
+    """One sgd inner step: d/dtheta L_q(theta - a grad L_s(theta)) = g_q - a H_s g_q with g_q the query gradient
+    at the adapted weights. The reference uses plain modules and a double backward on a fresh graph; the
+    second-order part (maml - fomaml) must equal -a H_s g_q. Padded batches of unequal lengths included."""
+    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train().to(device)
     params = params_of(llama)
-    opt = torch.optim.AdamW(list(params.values()))
-    ensure_adam_state(opt)
     g = torch.Generator().manual_seed(0)
     seq = lambda n, t: (torch.randint(0, 250, (n,), generator=g).tolist(), torch.randint(0, 250, (t,), generator=g).tolist())
     ep = TaskEpisode("t", [seq(9, 2), seq(3, 1)], [seq(5, 3), seq(12, 1)])
-    result = maml_task(llama, params, ep, 258, InnerOptimizer("shared-adam", 1e-3, shared=opt, shared_params=params),
-                       1, first_order=False)
-    assert all(torch.isfinite(g).all() for g in result.grads.values())
-    assert all(result.grads[n].abs().sum() > 0 for n in params if "embed" not in n)
+    lr = 0.5
+    inner = InnerOptimizer("sgd", lr)
+    second = maml_task(llama, params, ep, 258, inner, 1, first_order=False)
+    first = maml_task(llama, params, ep, 258, inner, 1, first_order=True)
+
+    adapted = copy.deepcopy(llama)
+    mean_loss(adapted, collate(ep.support, 258).to(device)).backward()
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p -= lr * p.grad
+            p.grad = None
+    mean_loss(adapted, collate(ep.query, 258).to(device)).backward()
+    g_query = {n: p.grad for n, p in adapted.named_parameters()}
+    names = list(params)
+    support_loss = mean_loss(llama, collate(ep.support, 258).to(device))
+    support_grads = torch.autograd.grad(support_loss, [params[n] for n in names], create_graph=True)
+    hvp = torch.autograd.grad(sum((sg * g_query[n]).sum() for sg, n in zip(support_grads, names)),
+                              [params[n] for n in names])
+    scale = max(float(h.abs().max()) for h in hvp) * lr
+    for n, h in zip(names, hvp):
+        torch.testing.assert_close(first.grads[n], g_query[n], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(second.grads[n] - first.grads[n], -lr * h, rtol=1e-3, atol=1e-4 * scale)
+    assert scale > 1e-3  # the second-order part is not negligible here
+
+
+def test_second_order_survives_a_fresh_optimizer_and_unseen_tokens(tiny_model_dir, device):
+    """Fresh shared-adam state (v = 0) and zero gradients (embedding rows of unseen tokens) must not turn into
+    NaN through the second-order graph."""
+    llama = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager").train().to(device)
+    params = params_of(llama)
+    opt = torch.optim.AdamW(list(params.values()))
+    ensure_adam_state(opt)
+    ep = TaskEpisode("t", [([1, 2, 3, 4], [5, 6])], [([1, 2, 7], [8])])
+    for kind in ("shared-adam-copy", "shared-adam-chain"):
+        result = maml_task(llama, params, ep, 258, InnerOptimizer(kind, 1e-3, shared=opt, shared_params=params),
+                           1, first_order=False)
+        assert all(torch.isfinite(g).all() for g in result.grads.values())
+
+
+def test_adam_step_backward_equals_autograd_of_the_formula():
+    """The hand-written backward of the fused Adam step against torch.autograd.gradcheck in float64, for the
+    one-step fast path (only the new parameters are used downstream) and the general path (m', v' used too,
+    m and v themselves differentiable, as in a second inner step)."""
+    from maml_en_llm.algorithms import _AdamStep
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(7, generator=g, dtype=torch.float64)
+    grad = torch.randn(7, generator=g, dtype=torch.float64)
+    m = torch.randn(7, generator=g, dtype=torch.float64) * 0.1
+    v = torch.rand(7, generator=g, dtype=torch.float64) * 0.1 + 0.01
+    constants = (0.1, 0.5, 0.9, 0.999, 1e-3)
+    fast = lambda p, grad: _AdamStep.apply(p, grad, m, v, *constants)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fast, (p.clone().requires_grad_(), grad.clone().requires_grad_()))
+    full = lambda p, grad, m, v: _AdamStep.apply(p, grad, m, v, *constants)  # noqa: E731
+    assert torch.autograd.gradcheck(full, tuple(t.clone().requires_grad_() for t in (p, grad, m, v)))
+
+
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that keeps the (averaged, clipped) gradient it was stepped with."""
+
+    def step(self, closure=None):
+        self.seen = {p: p.grad.clone() for group in self.param_groups for p in group["params"]}
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("kind, lr, eps", [("sgd", 0.3, 1e-8), ("adam", 0.2, 1e-1), ("shared-adam-copy", 1e-2, 1e-8),
+                                           ("shared-adam-chain", 1e-2, 1e-8)])
+def test_two_task_two_step_meta_step_matches_finite_differences_of_the_objective(model, kind, lr, eps, device):
+    """The gradient `meta_step` hands the outer optimizer, for two tasks and two inner steps, against finite
+    differences of the whole objective F(theta) = mean_i L_query_i(theta_i(theta)). For shared-adam-chain the
+    second task's starting moments are what the first task left at theta (constants, as documented: no gradient
+    flows between tasks)."""
+    params = params_of(model)
+    episodes = [episode(1), episode(2)]
+    opt = RecordingAdamW(list(params.values()), lr=1e-3, weight_decay=0.0)
+    ensure_adam_state(opt)
+    for p in params.values():  # earlier history, as in filled_adamw
+        opt.state[p]["exp_avg_sq"].fill_(1e-3)
+        opt.state[p]["exp_avg"].fill_(1e-3)
+        opt.state[p]["step"].fill_(3)
+    start = snapshot(opt)
+    theta0 = {n: p.detach().clone() for n, p in params.items()}
+    inner = InnerOptimizer(kind, lr, eps=eps, shared=opt, shared_params=params)
+
+    # the moments each task starts from (chain: task 2 starts after task 1's inner steps at theta0)
+    starts = [snapshot(opt)]
+    if kind == "shared-adam-chain":
+        adapt(model, params, collate(episodes[0].support, PAD).to(device), inner, 2, differentiable=False)
+        starts.append(snapshot(opt))
+    else:
+        starts.append(starts[0])
+
+    def objective(theta):
+        total = 0.0
+        for ep, state in zip(episodes, starts):
+            restore(opt, state)
+            adapted, _ = adapt(model, theta, collate(ep.support, PAD).to(device), inner, 2, differentiable=False)
+            with torch.no_grad():
+                total += mean_loss(model, collate(ep.query, PAD).to(device), adapted).item()
+        return total / len(episodes)
+
+    direction = random_direction(params)
+    h = 1e-6
+    plus = {n: (theta0[n] + h * direction[n]).requires_grad_() for n in params}
+    minus = {n: (theta0[n] - h * direction[n]).requires_grad_() for n in params}
+    numeric = (objective(plus) - objective(minus)) / (2 * h)
+
+    restore(opt, start)
+    step_task = lambda mdl, prm, ep, pad: _maml_task(mdl, prm, ep, pad, inner, 2, False)
+    meta_step(model, params, episodes, step_task, opt, PAD, shares_moments=kind == "shared-adam-chain",
+              max_grad_norm=0)
+    analytic = sum((opt.seen[p] * direction[n]).sum() for n, p in params.items()).item()
+    assert analytic == pytest.approx(numeric, rel=1e-6, abs=1e-10)
 
 
 @pytest.mark.parametrize("steps", [1, 2])

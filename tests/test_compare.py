@@ -68,6 +68,10 @@ def test_report_files_hold_table_cis_tests_and_budget(first_run):
     report = json.loads((first_run / "compare.json").read_text())
     assert report["budget"]["equalised"] == "steps" and report["budget"]["steps"] == 2
     assert report["command"].startswith("maml-en-llm compare")
+    from maml_en_llm import __version__
+
+    assert report["provenance"]["package_version"] == __version__ and report["provenance"]["device"] == "cpu"
+    assert report["eval"]["prompt"] == "direct"
     assert [row["label"] for row in report["rows"]] == ["none", "metaicl", "maml"]
     for row in report["rows"]:
         for block in ("icl", "adapted"):
@@ -210,3 +214,39 @@ def test_steps_and_tokens_together_are_refused(tmp_path, tiny_model_dir, data_di
     with pytest.raises(SystemExit) as exit_info:
         main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", budget=("--steps", "2", "--tokens", "9")))
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+
+
+def test_seconds_budget_trains_each_method_for_budget_over_its_timed_step(tmp_path, tiny_model_dir, data_dir,
+                                                                         monkeypatch):
+    """Equal wall-clock: each method's steps = floor(S / its probed seconds per step). The probe is timed once and
+    kept in the run folder, so a re-run trains and probes nothing."""
+    from maml_en_llm import train as train_module
+
+    probes = []
+    real = train_module.seconds_per_step
+
+    def fake_probe(config, **kwargs):  # maml twice as slow per step as metaicl, as on real models
+        probes.append(config.method)
+        real(config, **{**kwargs, "steps": 1})  # the real probe runs (and must not crash) ...
+        return {"median": 0.5 if config.method == "metaicl" else 1.0, "times": [], "threads": 1}  # ... fixed times
+
+    monkeypatch.setattr(train_module, "seconds_per_step", fake_probe)
+    out = tmp_path / "out"
+    args = compare_args(tiny_model_dir, data_dir, out, methods="metaicl,maml", budget=("--budget", "seconds=3"))
+    assert main(args) == 0
+    report = json.loads((out / "compare.json").read_text())
+    steps = {row["method"]: row["train"]["steps"] for row in report["rows"]}
+    assert steps == {"metaicl": 6, "maml": 3} and sorted(probes) == ["maml", "metaicl"]
+    assert report["budget"]["equalised"] == "seconds" and "equal wall-clock" in (out / "compare.md").read_text()
+    assert {row["train"]["probe_seconds_per_step"] for row in report["rows"]} == {0.5, 1.0}
+    assert main(args) == 0 and len(probes) == 2  # reused
+
+
+@pytest.mark.parametrize("budget, message", [
+    (("--budget", "hours=2"), "expected steps=N, tokens=N or seconds=S"),
+    (("--budget", "seconds=abc"), "'abc' is not a number"),
+    (("--budget", "steps=0"), "must be at least 1"),
+])
+def test_bad_budgets_are_one_line_errors(tmp_path, tiny_model_dir, data_dir, capsys, budget, message):
+    assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", budget=budget)) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -47,8 +47,9 @@ def test_tokenized_episode_keeps_support_and_query_apart(tokenizer):
     tasks = [TaskData("t", pool)]
     tokenize = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     for step in range(20):
-        (episode,) = sample_episode(tasks, step, seed=3, tasks_per_step=1, k=4, support_size=2, query_size=2,
+        (episode,) = sample_episode(tasks, step, seed=3, tasks_per_step=1, k=4, support_size=3, query_size=2,
                                     tokenize=tokenize, fmt=PromptFormat())
+        assert len(episode.support) == 3 and len(episode.query) == 2
         text = lambda seqs: {w for c, t in seqs for w in tokenizer.decode(c + t).split() if w.startswith("word")}
         support_words, query_words = text(episode.support), text(episode.query)
         assert len(query_words) >= 5 and len(support_words) >= 5

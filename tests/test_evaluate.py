@@ -104,10 +104,10 @@ def eval_args(tiny_model_dir, data_dir, out, *extra):
 
 
 def test_cli_end_to_end_with_adaptation(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
-    out = tmp_path / "run" / "results.json"
+    out = tmp_path / "run"  # --out is a folder; results.json goes into it
     argv = eval_args(tiny_model_dir, tiny_data_dir, out, "--adapt-steps", "2", "--adapt-lr", "1e-3")
     assert main(argv) == 0
-    results = json.loads(out.read_text())
+    results = json.loads((out / "results.json").read_text())
     for key in ("model", "k", "method", "seeds", "split", "data_dir", "max_test", "tasks", "average", "command",
                 "hardware", "wall_seconds", "adapted", "adaptation", "scoring"):
         assert key in results, key
@@ -130,12 +130,12 @@ def test_cli_end_to_end_with_adaptation(tiny_model_dir, tiny_data_dir, tmp_path,
 @pytest.mark.parametrize("extra,needle", [
     (["--tasks", "cls_c,nope"], "'nope'"),
     (["--tasks", "cls_a"], "'cls_a'"),  # a train task, not a test task
-    (["--k", "17"], "fewer than k=17"),
+    (["--k", "17"], "k=17 needs a demonstration file"),
     (["--adapt-steps", "1", "--k", "0"], "--adapt-steps"),
     (["--seeds", "7"], "7"),
 ])
 def test_bad_inputs_exit_2_and_write_nothing(tiny_model_dir, tiny_data_dir, tmp_path, capsys, extra, needle):
-    out = tmp_path / "results.json"
+    out = tmp_path / "out"
     assert main(eval_args(tiny_model_dir, tiny_data_dir, out, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and needle in err
@@ -143,7 +143,7 @@ def test_bad_inputs_exit_2_and_write_nothing(tiny_model_dir, tiny_data_dir, tmp_
 
 
 def test_missing_data_dir_exits_2(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "results.json"
+    out = tmp_path / "out"
     assert main(eval_args(tiny_model_dir, tmp_path / "absent", out)) == 2
     assert "data bigbench" in capsys.readouterr().err and not out.exists()
     # the default data dir (inside the cache) is missing too

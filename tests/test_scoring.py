@@ -13,14 +13,14 @@ from maml_en_llm.tasks import Example, load_demonstrations, load_test
 
 
 @pytest.fixture(scope="module")
-def model(tiny_model_dir):
+def model(tiny_model_dir, device):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval().to(device)
 
 
 @pytest.fixture(scope="module")
-def sliding_model():
+def sliding_model(device):
     """A 2-layer Gemma 3 whose first layer attends over a window of 8 tokens."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -29,12 +29,12 @@ def sliding_model():
                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
                               layer_types=["sliding_attention", "full_attention"], max_position_embeddings=2048,
                               pad_token_id=258, eos_token_id=257, bos_token_id=256)
-    return Gemma3ForCausalLM(config).eval()
+    return Gemma3ForCausalLM(config).eval().to(device)
 
 
 def brute_force_loss(model, context, target):
     """-mean log p(target token | everything before it), from one unpadded forward pass and a hand log-softmax."""
-    ids = torch.tensor([context + target])
+    ids = torch.tensor([context + target], device=model.device)
     with torch.no_grad():
         logits = model(ids).logits[0].double()
     log_probs = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -225,11 +225,11 @@ def test_sliding_window_model(sliding_model, monkeypatch):
         assert score_sequences(sliding_model, sequences, 258, 4) == pytest.approx(shared, abs=1e-5)
 
 
-def test_bfloat16_model_scores_close_to_float32(tiny_model_dir, tokenizer, tiny_data_dir):
+def test_bfloat16_model_scores_close_to_float32(tiny_model_dir, tokenizer, tiny_data_dir, device):
     from transformers import AutoModelForCausalLM
 
-    bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
-    fp32 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval().to(device)
+    fp32 = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval().to(device)
     fmt = PromptFormat("direct")
     tokenize = make_tokenize(tokenizer)
     prefix = encode_prefix(tokenize, load_demonstrations(tiny_data_dir, "mc_pick", 13, 2), fmt)

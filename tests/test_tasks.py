@@ -133,3 +133,47 @@ def test_cli_reports_user_errors_in_one_line_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
     assert not (tmp_path / "r.json").exists()
+
+
+def test_non_utf8_bytes_name_the_line_and_column(tmp_path):
+    path = tmp_path / "t" / "t_16_100_test.jsonl"
+    write(path, [GOOD])
+    path.write_bytes(path.read_bytes() + b'{"task": "t", "input": "\xc3(", "output": "yes", "options": ["yes", "no"]}\n')
+    with pytest.raises(UserError, match=rf"{path}:2: not valid UTF-8 \(byte 0xc3 at column 25\)"):
+        tasks.load_test(tmp_path, "t", 100)
+
+
+def test_line_length_limit_is_exact(tmp_path, monkeypatch):
+    record = json.dumps(GOOD) + "\n"
+    monkeypatch.setattr(tasks, "MAX_LINE_BYTES", len(record))
+    path = write(tmp_path / "t" / "t_16384_100_train.jsonl", [GOOD, GOOD])
+    assert len(tasks.load_pool(tmp_path, "t")) == 2  # exactly at the limit, newline included
+    write(path, [GOOD, {**GOOD, "input": GOOD["input"] + "!"}])
+    with pytest.raises(UserError, match=rf"{path}:2: line is longer than"):
+        tasks.load_pool(tmp_path, "t")
+
+
+def test_split_lists_each_task_once(tmp_path):
+    split = tmp_path / "s.json"
+    split.write_text(json.dumps({"train": ["a", "b"], "test": ["c", "d", "c"], "unseen_domain_test": ["c"]}))
+    with pytest.raises(UserError, match=r"'test' lists 'c' more than once"):
+        tasks.load_split(str(split))
+
+
+def test_train_test_overlap_is_refused_unless_allowed(tmp_path):
+    split_file = tmp_path / "s.json"
+    split_file.write_text(json.dumps({"train": ["a", "c", "b", "d"], "test": ["d", "c"]}))
+    split = tasks.load_split(str(split_file))
+    assert tasks.train_test_overlap(split) == ["c", "d"]
+    with pytest.raises(UserError, match=r"\['c', 'd'\] are in both 'train' and 'test' \(2 shared\)"):
+        tasks.check_train_test_overlap(split)
+    assert tasks.check_train_test_overlap(split, allow=True) == ["c", "d"]
+    split_file.write_text(json.dumps({"train": ["a", "b"], "test": ["c"]}))
+    assert tasks.check_train_test_overlap(tasks.load_split(str(split_file))) == []
+
+
+def test_task_metadata_that_is_not_utf8(tiny_data_dir):
+    path = tiny_data_dir / "config" / "tasks" / "cls_a.json"
+    path.write_bytes(b'{"task_type": "classification", "options": ["\xff"]}')
+    with pytest.raises(UserError, match=rf"{path}: not valid UTF-8"):
+        tasks.load_task_meta(tiny_data_dir, "cls_a")

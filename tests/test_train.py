@@ -6,22 +6,24 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from maml_en_llm import train as train_module
 from maml_en_llm.cli import main
 from maml_en_llm.config import make_config, parse_overrides
+from maml_en_llm.episodes import sample_episode, sample_indices
 from maml_en_llm.errors import UserError
+from maml_en_llm.lm import collate, mean_loss
 from maml_en_llm.train import train
 
 SMALL = dict(steps=3, k=2, tasks_per_step=2, support_size=1, query_size=1, lr=1e-3, inner_lr=1e-2,
              checkpoint_every=2)
 
 
-def run(tmp_path, data_dir, model_dir, name="run", resume=False, **fields):
+def run(tmp_path, data_dir, model_dir, name="run", resume=False, device=None, **fields):
     config = make_config(overrides={**SMALL, **fields})
     return train(config, model_name=str(model_dir), data_dir=data_dir, split="tiny", out_dir=tmp_path / name,
-                 resume=resume, progress=False)
+                 resume=resume, device=device, progress=False)
 
 
 def weights(folder):
@@ -29,8 +31,8 @@ def weights(folder):
 
 
 @pytest.mark.parametrize("method", ["metaicl", "maml", "fomaml", "reptile", "ict", "multitask0"])
-def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, tiny_model_dir, method):
-    final = run(tmp_path, tiny_data_dir, tiny_model_dir, method=method)
+def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, tiny_model_dir, method, device):
+    final = run(tmp_path, tiny_data_dir, tiny_model_dir, method=method, device=str(device))
     before, after = weights(tiny_model_dir), weights(final)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -39,18 +41,101 @@ def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, ti
         assert r["tokens"] > 0 and r["grad_norm"] > 0 and r["seconds"] > 0 and r["loss"] > 0
         assert ("query_loss" in r) == (method in ("maml", "fomaml"))
     AutoModelForCausalLM.from_pretrained(final)  # plain transformers loads the result
-    assert (tmp_path / "run" / "config.yaml").exists() and (tmp_path / "run" / "run.json").exists()
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["device"].startswith(device.type)
 
 
-def test_multitask0_uses_no_demonstrations_and_metaicl_does(tmp_path, tiny_data_dir, tiny_model_dir):
-    run(tmp_path, tiny_data_dir, tiny_model_dir, "zero", method="multitask0")
-    run(tmp_path, tiny_data_dir, tiny_model_dir, "icl", method="metaicl")
-    tokens = lambda name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
-    assert tokens("zero") < tokens("icl")
+def first_episode(data_dir, model_dir, config):
+    """The episode the loop trains on at step 0, rebuilt independently from the recipe."""
+    from maml_en_llm.prompts import PromptFormat, make_tokenize
+    from maml_en_llm.train import load_training_tasks
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tasks = load_training_tasks(config, data_dir, "tiny")
+    return sample_episode(tasks, 0, seed=config.seed, tasks_per_step=config.tasks_per_step, k=config.demonstrations,
+                          support_size=config.support_size, query_size=config.query_size,
+                          tokenize=make_tokenize(tokenizer), fmt=PromptFormat(config.prompt),
+                          use_instructions=config.method == "ict")
+
+
+def reference_losses(model_dir, episode, method, inner_lr):
+    """Per task, with plain modules: the support loss before adapting and the loss the outer update optimises
+    (the query loss after one sgd inner step on the support batch for maml/fomaml; the support+query loss for
+    metaicl-style methods)."""
+    out = []
+    for task in episode:
+        model = AutoModelForCausalLM.from_pretrained(model_dir).train()
+        support, query = collate(task.support, 258), collate(task.query, 258)
+        support_loss = mean_loss(model, support)
+        if method in ("maml", "fomaml"):
+            support_loss.backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= inner_lr * p.grad
+            with torch.no_grad():
+                outer = mean_loss(model, query).item()
+        else:
+            with torch.no_grad():
+                outer = mean_loss(model, collate(task.support + task.query, 258)).item()
+        out.append((support_loss.item(), outer))
+    return out
+
+
+@pytest.mark.parametrize("method", ["metaicl", "maml", "fomaml", "multitask0"])
+def test_the_loop_adapts_on_support_and_scores_on_query(tmp_path, tiny_data_dir, tiny_model_dir, method):
+    """Step 1's logged losses against an independent recomputation from the same episode: a loop that swapped
+    support and query, or trained without demonstrations for metaicl (or with them for multitask0), fails.
+    support_size 2 != query_size 1, so a swap changes the batches."""
+    fields = dict(method=method, steps=1, support_size=2, query_size=1, inner_optimizer="sgd", inner_lr=0.5)
+    run(tmp_path, tiny_data_dir, tiny_model_dir, **fields)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    config = make_config(overrides={**SMALL, **fields})
+    episode = first_episode(tiny_data_dir, tiny_model_dir, config)
+    expected = reference_losses(tiny_model_dir, episode, method, 0.5)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    assert record["loss"] == pytest.approx(mean([outer for _, outer in expected]), rel=1e-5)
+    if method in ("maml", "fomaml"):
+        assert record["inner_loss"] == pytest.approx(mean([inner for inner, _ in expected]), rel=1e-5)
+    tokens = sum(len(c) + len(t) for task in episode for c, t in task.support + task.query)
+    assert record["tokens"] == tokens
+
+
+def test_multitask0_trains_without_demonstrations_and_metaicl_with_k(tmp_path, tiny_data_dir, tiny_model_dir,
+                                                                     monkeypatch):
+    """The instances the loop trains on are exactly MetaICL's training_sequence with 0 (multitask0) or k (metaicl)
+    demonstrations from the task's pool."""
+    from maml_en_llm.prompts import PromptFormat, make_tokenize, training_sequence
+
+    seen = []
+    real = train_module.sample_episode
+
+    def spy(tasks, step, **kwargs):
+        seen.append(kwargs["k"])
+        return real(tasks, step, **kwargs)
+
+    monkeypatch.setattr(train_module, "sample_episode", spy)
+    for name, method in (("zero", "multitask0"), ("icl", "metaicl")):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, name, method=method, steps=1, k=3)
+    assert seen == [0, 3]
+    config = make_config(overrides={**SMALL, "method": "multitask0", "k": 3})
+    tokenize = make_tokenize(AutoTokenizer.from_pretrained(tiny_model_dir))
+    from maml_en_llm.train import load_training_tasks
+
+    tasks = load_training_tasks(config, tiny_data_dir, "tiny")
+    (entry, *_), = [sample_indices([len(t.pool) for t in tasks], 0, seed=config.seed,
+                                   tasks_per_step=config.tasks_per_step, k=0, support_size=1, query_size=1)]
+    episode = first_episode(tiny_data_dir, tiny_model_dir, config)
+    target, demos = entry.support[0]
+    assert demos == []
+    task = tasks[entry.task]
+    assert episode[0].support[0] == training_sequence(tokenize, [], task.pool[target], PromptFormat())
+    zero = json.loads((tmp_path / "zero" / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
+    icl = json.loads((tmp_path / "icl" / "metrics.jsonl").read_text().splitlines()[0])["tokens"]
+    assert zero * 2 < icl  # three demonstrations per instance more than double the tokens
 
 
 def test_resume_is_bit_identical(tmp_path, tiny_data_dir, tiny_model_dir, monkeypatch):
-    fields = dict(method="maml", steps=4, checkpoint_every=2, inner_optimizer="shared-adam")
+    fields = dict(method="maml", steps=4, checkpoint_every=2, inner_optimizer="shared-adam-chain")
     reference = run(tmp_path, tiny_data_dir, tiny_model_dir, "straight", **fields)
 
     real_step = train_module.meta_step
@@ -75,15 +160,74 @@ def test_resume_is_bit_identical(tmp_path, tiny_data_dir, tiny_model_dir, monkey
     assert strip(lines("interrupted")) == strip(lines("straight"))
 
 
-def test_resume_skips_a_corrupt_checkpoint(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
-    fields = dict(method="metaicl", steps=4, checkpoint_every=1, keep_checkpoints=3)
-    run(tmp_path, tiny_data_dir, tiny_model_dir, "r", **fields)
+def crash_at(monkeypatch, call):
+    real_step = train_module.meta_step
+    calls = {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "meta_step", dying_step)
+    return lambda: monkeypatch.setattr(train_module, "meta_step", real_step)
+
+
+def test_resume_skips_a_corrupt_checkpoint_and_ends_identical(tmp_path, tiny_data_dir, tiny_model_dir, capsys,
+                                                              monkeypatch):
+    fields = dict(method="fomaml", steps=4, checkpoint_every=1, keep_checkpoints=3)
+    reference = run(tmp_path, tiny_data_dir, tiny_model_dir, "straight", **fields)
+    undo = crash_at(monkeypatch, 4)  # checkpoints of steps 1-3 exist
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, "r", **fields)
+    undo()
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
-    assert [c.name for c in ckpts] == ["step-00000002", "step-00000003", "step-00000004"]
+    assert [c.name for c in ckpts] == ["step-00000001", "step-00000002", "step-00000003"]
     (ckpts[-1] / "optimizer.pt").write_bytes(b"garbage")
-    from maml_en_llm.checkpoint import latest_valid
-    assert latest_valid(tmp_path / "r") == ckpts[-2]
-    assert "optimizer.pt does not match its checksum" in capsys.readouterr().err
+    resumed = run(tmp_path, tiny_data_dir, tiny_model_dir, "r", resume=True, **fields)
+    assert "step-00000003: optimizer.pt does not match its checksum" in capsys.readouterr().err
+    a, b = weights(reference), weights(resumed)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # resumed from step 2, recomputed 3 and 4
+    steps = [json.loads(l)["step"] for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_when_no_checkpoint_verifies(tmp_path, tiny_data_dir, tiny_model_dir, monkeypatch):
+    fields = dict(method="metaicl", steps=4, checkpoint_every=1, keep_checkpoints=2)
+    undo = crash_at(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, "r", **fields)
+    undo()
+    for ckpt in (tmp_path / "r" / "checkpoints").glob("step-*"):
+        (ckpt / "model.safetensors").write_bytes(b"garbage")
+    metrics = (tmp_path / "r" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="none of the 2 checkpoint"):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, "r", resume=True, **fields)
+    assert (tmp_path / "r" / "metrics.jsonl").read_text() == metrics  # nothing wiped
+
+
+@pytest.mark.parametrize("field, change", [("model", "other-model"), ("dtype", None), ("git_commit", "0" * 40),
+                                           ("package_version", "0.0.1"), ("world_size", 8), ("split", "x")])
+def test_resume_refuses_a_different_run(tmp_path, tiny_data_dir, tiny_model_dir, monkeypatch, field, change):
+    fields = dict(method="metaicl", steps=2, checkpoint_every=1)
+    undo = crash_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, "r", **fields)
+    undo()
+    run_json = tmp_path / "r" / "run.json"
+    info = json.loads(run_json.read_text())
+    assert {"model", "data_dir", "split", "dtype", "world_size", "package_version", "git_commit"} <= set(info)
+    if field == "dtype":  # a real mismatch through the API
+        config = make_config(overrides={**SMALL, **fields})
+        with pytest.raises(UserError, match="different dtype"):
+            train(config, model_name=str(tiny_model_dir), data_dir=tiny_data_dir, split="tiny",
+                  out_dir=tmp_path / "r", resume=True, progress=False, dtype="bfloat16")
+        return
+    info[field] = change  # as if recorded by another model, code version, launch or split
+    run_json.write_text(json.dumps(info))
+    with pytest.raises(UserError, match=f"different {field}"):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, "r", resume=True, **fields)
 
 
 def test_existing_run_needs_resume_and_same_recipe(tmp_path, tiny_data_dir, tiny_model_dir):
@@ -118,8 +262,8 @@ def test_yaml_recipe_and_override_precedence(tmp_path):
 
 
 def test_pool_too_small_names_the_task(tmp_path, tiny_data_dir, tiny_model_dir):
-    with pytest.raises(UserError, match="training task 'cls_a' has 3 pool examples, needs 5"):
-        run(tmp_path, tiny_data_dir, tiny_model_dir, k=4, max_examples_per_task=3)
+    with pytest.raises(UserError, match="training task 'cls_a' has 9 pool examples, needs at least 10"):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, k=4, max_examples_per_task=9)
 
 
 def test_limited_data_caps_the_pool(tmp_path, tiny_data_dir, tiny_model_dir, monkeypatch):
@@ -131,8 +275,8 @@ def test_limited_data_caps_the_pool(tmp_path, tiny_data_dir, tiny_model_dir, mon
         return real(tasks, step, **kw)
 
     monkeypatch.setattr(train_module, "sample_episode", spy)
-    run(tmp_path, tiny_data_dir, tiny_model_dir, steps=1, max_examples_per_task=6)
-    assert seen == {"cls_a": 6, "cls_b": 6, "mc_pick": 6}
+    run(tmp_path, tiny_data_dir, tiny_model_dir, steps=1, max_examples_per_task=7)
+    assert seen == {"cls_a": 7, "cls_b": 7, "mc_pick": 7}
 
 
 def test_cli_train_end_to_end(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
@@ -159,30 +303,80 @@ def test_every_packaged_recipe_parses():
         make_config("no-such-recipe")
 
 
-def test_torchrun_two_ranks_equal_one_process(tmp_path, tiny_data_dir, tiny_model_dir):
-    """Sharding the tasks of a meta-batch over 2 CPU ranks (gloo) gives the single-process update (sgd inner
-    steps; shared-adam with several ranks averages per-rank moment chains, a different rule by design)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+def test_learning_rate_schedule_warmup_then_linear_decay(tmp_path, tiny_data_dir, tiny_model_dir):
+    from maml_en_llm.train import _schedule
 
-    args = ["train", "--method", "maml", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
-            "--split", "tiny", "steps=2", "k=1", "tasks_per_step=2", "support_size=1", "query_size=1",
-            "inner_optimizer=sgd", "lr=1e-3", "inner_lr=1e-2"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same kernels as the 1-thread ranks: Adam's first step is ~sign(g) and
-    try:                      # would magnify rounding differences on near-zero gradient entries
-        assert main([*args, "--out", str(tmp_path / "single")]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    torchrun = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "maml_en_llm.cli",
-                           *args, "--out", str(tmp_path / "multi")], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    single, multi = weights(tmp_path / "single" / "final"), weights(tmp_path / "multi" / "final")
-    for name in single:
-        torch.testing.assert_close(multi[name], single[name], rtol=1e-5, atol=1e-7)
-    assert json.loads((tmp_path / "multi" / "run.json").read_text())["world_size"] == 2
+    factor = _schedule(make_config(overrides={"steps": 10, "warmup_steps": 2}))
+    assert [factor(s) for s in range(11)] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0])
+    flat = _schedule(make_config(overrides={"steps": 4}))
+    assert [flat(s) for s in range(4)] == pytest.approx([1.0, 0.75, 0.5, 0.25])
+    # the loop logs the rate each step was taken with
+    run(tmp_path, tiny_data_dir, tiny_model_dir, steps=4, warmup_steps=1, lr=1e-3)
+    logged = [json.loads(l)["lr"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([1e-3 / 2, 1e-3, 1e-3 * 2 / 3, 1e-3 / 3])
+
+
+def test_gradient_clipping_scales_the_averaged_gradient_to_max_norm():
+    from maml_en_llm.train import _clip
+
+    params = {"a": torch.zeros(3, requires_grad=True), "b": torch.zeros(4, requires_grad=True)}
+    params["a"].grad = torch.tensor([3.0, 0.0, 0.0])
+    params["b"].grad = torch.tensor([0.0, 4.0, 0.0, 0.0])
+    assert _clip(params, 1.0) == pytest.approx(5.0)  # the norm before clipping is what gets logged
+    torch.testing.assert_close(params["a"].grad, torch.tensor([0.6, 0.0, 0.0]))
+    torch.testing.assert_close(params["b"].grad, torch.tensor([0.0, 0.8, 0.0, 0.0]))
+    assert _clip(params, 0) == pytest.approx(1.0)  # 0 = off: reported, untouched
+    torch.testing.assert_close(params["a"].grad, torch.tensor([0.6, 0.0, 0.0]))
+    assert _clip(params, 10.0) == pytest.approx(1.0)  # under the limit: untouched
+    torch.testing.assert_close(params["b"].grad, torch.tensor([0.0, 0.8, 0.0, 0.0]))
+    params["a"].grad[0] = float("nan")
+    with pytest.raises(UserError, match="non-finite gradient norm"):
+        _clip(params, 1.0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["inner_optimizer=shared-adam"], "ambiguous: choose shared-adam-copy"),
+    (["method=reptile", "inner_optimizer=shared-adam-chain"], "does not fit reptile"),
+])
+def test_combinations_that_make_no_sense_are_refused(overrides, message):
+    with pytest.raises(UserError, match=message):
+        make_config(overrides=parse_overrides(overrides))
+
+
+def test_in_training_validation_scores_dev_files_at_step_0_and_every_n_steps(tmp_path, tiny_data_dir, tiny_model_dir):
+    """validation.jsonl has a line at step 0 and every eval_every steps; its step-0 numbers equal an ordinary
+    evaluation of the base model whose test files are the dev files (k-shot and zero-shot)."""
+    import shutil
+
+    from maml_en_llm.evaluate import evaluate_model
+
+    fields = dict(method="metaicl", steps=4, eval_every=2, eval_k=2, eval_max_test=6, eval_seeds=2)
+    run(tmp_path, tiny_data_dir, tiny_model_dir, **fields)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [0, 2, 4]
+    assert lines[0]["total_tokens"] == 0 and lines[-1]["total_tokens"] > lines[1]["total_tokens"] > 0
+    assert set(lines[0]["tasks"]) == {"cls_c", "cls_d"}
+    for line in lines:
+        assert line["icl_gain"] == pytest.approx(line["icl"] - line["zero_shot"])
+
+    as_test = tmp_path / "dev_as_test"
+    shutil.copytree(tiny_data_dir, as_test)
+    for task in ("cls_c", "cls_d"):
+        for seed in (100, 13):
+            shutil.copy(as_test / task / f"{task}_16_{seed}_dev.jsonl", as_test / task / f"{task}_16_{seed}_test.jsonl")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for k, key in ((2, "icl"), (0, "zero_shot")):
+        result = evaluate_model(model, tokenizer, data_dir=as_test, split="tiny", k=k, seeds=[100, 13], max_test=6,
+                                progress=False)
+        assert lines[0][key] == pytest.approx(result["average"]["all"])
+        for task in ("cls_c", "cls_d"):
+            assert lines[0]["tasks"][task][key] == pytest.approx(result["tasks"][task]["mean"])
+
+
+def test_validation_needs_dev_files(tmp_path, tiny_data_dir, tiny_model_dir):
+    (tiny_data_dir / "cls_c" / "cls_c_16_100_dev.jsonl").unlink()
+    with pytest.raises(UserError, match="cls_c_16_100_dev.jsonl: dev file not found"):
+        run(tmp_path, tiny_data_dir, tiny_model_dir, eval_every=1)
+    assert not (tmp_path / "run").exists()

@@ -16,21 +16,28 @@ one parameter-sized buffer per method rather than three.
 * reptile — inner_steps first-order updates on the task's support+query instances; the pseudo-gradient
   theta - theta_i, which the outer optimizer steps like a gradient.
 
-Inner optimizers (`inner_optimizer=`), for maml, fomaml and reptile:
+Inner optimizers (`inner_optimizer=`), for maml, fomaml and reptile. Inner gradients are never clipped
+(`max_grad_norm` clips only the outer (meta-)gradient), and inner updates never apply weight decay.
 * sgd — theta_i = theta - inner_lr * g, per inner step. No state.
-* adam — Adam with fresh zero moments for every task (step count from 0), lr inner_lr, no weight decay; the
-  moments are discarded after the task.
-* shared-adam — the paper's "consolidated" optimizer: one set of Adam moments, the outer AdamW's, read and
-  updated by every step, inner and outer. Each inner step of each task (tasks in episode order) updates the
-  outer AdamW's first and second moments with its inner gradient and advances its step count, exactly as an
-  AdamW step would, and moves theta_i by -inner_lr * m_hat / (sqrt(v_hat) + eps) (no weight decay); then the
-  outer step updates the same moments with the meta-gradient. So after a meta-step of n tasks and J inner
-  steps the moments have seen n*J inner gradients and one meta-gradient, and the step count advanced n*J + 1.
-  Tasks read the moments as left by the previous task (detached: no gradient flows between tasks). In
-  second-order MAML the graph runs through the inner step's moment update (m, v are functions of the inner
-  gradient). With several torchrun ranks each rank chains its own tasks from the same moments; afterwards
-  the ranks' moments are averaged (and step counts set to the largest), so one rank is the exact sequential
-  rule and several ranks an average of per-rank chains.
+* adam — Adam with fresh zero moments for every task (step count from 0), lr inner_lr; the moments are
+  discarded after the task.
+* shared-adam-copy (default) — the paper's shared moments, read-only: each task's inner Adam steps start from
+  the outer AdamW's current first and second moments and step count t (bias correction continues from t), but
+  update private copies that are discarded after the task. The outer AdamW's state is updated by the
+  meta-gradient alone, exactly as in a plain AdamW, so maml's and fomaml's outer updates differ only by their
+  meta-gradients. Every task of a meta-step starts from the same state, so the update does not depend on task
+  order or on how tasks are sharded over ranks. In second-order MAML the graph runs through the private moment
+  update (m', v' are functions of the inner gradient); the starting moments are constants.
+* shared-adam-chain — one set of moments written by every step, inner and outer: each inner step of each task
+  (tasks in episode order) updates the outer AdamW's own m, v and step count in place, as an AdamW step would,
+  and moves theta_i by -inner_lr * m_hat / (sqrt(v_hat) + eps); the next task starts from the moments the
+  previous one left; then the outer step updates them again with the meta-gradient. After a meta-step of n
+  tasks and J inner steps the step count has advanced n*J + 1, and most of the outer momentum is first-order
+  support gradient, which pulls maml's outer update toward fomaml's. Tasks read the moments detached (no
+  gradient flows between tasks). With several torchrun ranks each rank chains its own tasks and the moments of
+  the ranks that ran a task are then averaged (step count: the largest), so one rank is the exact sequential
+  rule and several an average of per-rank chains. reptile refuses it: its pseudo-gradient would be stepped with moments made of its
+  own raw inner gradients.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import Callable
 import torch
 from torch.autograd.function import once_differentiable
 
+from .config import INNER_OPTIMIZERS
 from .episodes import TaskEpisode
 from .lm import collate, mean_loss
 
@@ -61,8 +69,8 @@ class _AdamStep(torch.autograd.Function):
         m' = b1 m + (1 - b1) g,   v' = b2 v + (1 - b2) g^2,   p' = p - c m' / (sqrt(v') / s + eps)
 
     with c = lr / (1 - b1^t), s = sqrt(1 - b2^t). Autograd would keep about five parameter-sized intermediates
-    per tensor in the second-order graph; this keeps g and its outputs m', v' (which shared-adam then uses as
-    the optimizer's state, so they cost nothing extra) and recomputes the rest in backward. The
+    per tensor in the second-order graph; this keeps g and its outputs m', v' (which shared-adam-chain then uses
+    as the optimizer's state, so they cost nothing extra) and recomputes the rest in backward. The
     backward itself is not differentiable, which is never needed: the meta-gradient is a first derivative of
     the query loss. Where v' = 0 (g = v = 0, e.g. embedding rows of unseen tokens at a fresh optimizer) the
     derivative through sqrt(v') is taken as 0 instead of 0 * inf."""
@@ -86,6 +94,8 @@ class _AdamStep(torch.autograd.Function):
         c, s, b1, b2, eps = ctx.constants
         need = ctx.needs_input_grad
         bound = 1 / math.sqrt(1 - b2)  # |g| / sqrt(v') <= 1 / sqrt(1 - b2) since v' >= (1 - b2) g^2
+        if grad_p is None and grad_m_new is None and grad_v_new is None:  # no output was used downstream
+            return None, None, None, None, None, None, None, None, None
         if grad_m_new is None and grad_v_new is None and not need[2] and not need[3]:
             # the common case (one inner step): dp'/dg only:
             # grad_g = c q ((1 - b2) / s * (g / sqrt(v')) m' / denom - (1 - b1)),  q = grad_p / denom
@@ -122,42 +132,55 @@ CHUNK = 1 << 17  # elements: a chunk of each operand fits in cache, so a chain o
 
 
 def _chunked(*tensors: torch.Tensor):
-    """Matching flat slices of same-shaped contiguous tensors, CHUNK elements at a time. Running a sequence of
-    elementwise ops chunk by chunk instead of tensor by tensor cuts memory traffic several-fold on CPU."""
-    flat = [t.view(-1) for t in tensors]
+    """Matching flat slices of same-shaped contiguous tensors (None passes through as None), CHUNK elements at a
+    time. Running a sequence of elementwise ops chunk by chunk instead of tensor by tensor cuts memory traffic
+    several-fold on CPU."""
+    flat = [None if t is None else t.view(-1) for t in tensors]
     total = flat[0].numel()
     for start in range(0, total, CHUNK):
-        yield tuple(f[start:start + CHUNK] for f in flat)
+        yield tuple(None if f is None else f[start:start + CHUNK] for f in flat)
 
 
 @dataclass
 class InnerOptimizer:
     """A functional optimizer for inner updates: returns new parameter tensors, never mutates parameters.
-    shared-adam also writes each step's moments into the outer AdamW's state (see the module docstring)."""
+    The shared-adam kinds read the outer AdamW's state; shared-adam-chain also writes it (module docstring)."""
 
-    kind: str  # sgd | adam | shared-adam
+    kind: str  # one of INNER_OPTIMIZERS
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    shared: torch.optim.Optimizer | None = None  # the outer AdamW whose state shared-adam reads and writes ...
+    shared: torch.optim.Optimizer | None = None  # the outer AdamW whose state the shared kinds use ...
     shared_params: dict[str, torch.Tensor] = field(default_factory=dict)  # ... keyed by these parameters' names
 
+    def __post_init__(self) -> None:
+        if self.kind not in INNER_OPTIMIZERS:
+            raise ValueError(f"inner optimizer must be one of {INNER_OPTIMIZERS}, got {self.kind!r}")
+
+    @property
+    def writes_outer_state(self) -> bool:
+        return self.kind == "shared-adam-chain"
+
     def start(self, params: Params):
-        """The state one task's inner loop starts from: None (sgd) or (m, v, step) per parameter name."""
+        """The state one task's inner loop starts from: None (sgd) or (m, v, step, owned) with per-name dicts;
+        `owned` says whether the moment tensors may be updated in place."""
         if self.kind == "sgd":
             return None
         if self.kind == "adam":
             zeros = {n: torch.zeros_like(p) for n, p in params.items()}
-            return zeros, {n: torch.zeros_like(p) for n, p in params.items()}, {n: 0 for n in params}
+            return zeros, {n: torch.zeros_like(p) for n, p in params.items()}, {n: 0 for n in params}, True
         m, v, t = {}, {}, {}
         for name in params:
             state = self.shared.state[self.shared_params[name]]
             m[name], v[name], t[name] = state["exp_avg"], state["exp_avg_sq"], int(state["step"])
-        return m, v, t
+        # chain: the outer state itself is updated (in place on the first-order path); copy: never touched
+        return m, v, t, self.writes_outer_state
 
-    def step(self, params: Params, grads: Params, state, differentiable: bool):
+    def step(self, params: Params, grads: Params, state, differentiable: bool, last: bool = False):
         """One inner update. With `differentiable`, the result keeps the graph to params and grads. Gradients
-        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies."""
+        are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies.
+        `last` (first-order path only): no further inner step will read the state, so unless the state is the
+        outer optimizer's (shared-adam-chain) the new moments are never materialised."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
         for name in list(params):
             p, g = params[name], grads.pop(name).contiguous()
@@ -174,36 +197,49 @@ class InnerOptimizer:
             if differentiable:
                 new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias,
                                                                              beta1, beta2, self.eps)
-            else:  # no graph: update the moments in place (shared-adam: the optimizer's own state)
+            else:  # no graph: moments in place when owned, into fresh tensors when not, nowhere when unused
                 p_new = torch.empty_like(p)
-                for ps, gs, ms, vs, pn in _chunked(p, g.contiguous(), m, v, p_new):
-                    ms.lerp_(gs, 1 - beta1)
-                    vs.mul_(beta2).addcmul_(gs, gs, value=1 - beta2)
-                    torch.addcdiv(ps, ms, vs.sqrt().div_(root_bias).add_(self.eps), value=-step_size, out=pn)
-                new_params[name], new_m[name], new_v[name] = p_new, m, v
+                discard = last and not self.writes_outer_state
+                if discard:
+                    m_out, v_out = None, None
+                elif state[3]:
+                    m_out, v_out = m, v
+                else:
+                    m_out, v_out = torch.empty_like(m), torch.empty_like(v)
+                for ps, gs, ms, vs, pn, mn, vn in _chunked(p, g.contiguous(), m, v, p_new, m_out, v_out):
+                    mn = torch.lerp(ms, gs, 1 - beta1, out=mn)  # m' (out=None: a chunk-sized temporary)
+                    vn = torch.lerp(vs, gs * gs, 1 - beta2, out=vn)  # v'
+                    torch.addcdiv(ps, mn, vn.sqrt().div_(root_bias).add_(self.eps), value=-step_size, out=pn)
+                new_params[name], new_m[name], new_v[name] = p_new, m_out, v_out
             new_t[name] = t
-            if self.kind == "shared-adam":
+            if self.writes_outer_state:
                 # The new moments *become* the optimizer's state (same storage, no copy): the next inner step,
                 # the next task and the outer step read them.
                 outer = self.shared.state[self.shared_params[name]]
                 outer["exp_avg"], outer["exp_avg_sq"] = new_m[name].detach(), new_v[name].detach()
                 outer["step"].fill_(t)
-        return new_params, (None if self.kind == "sgd" else (new_m, new_v, new_t))
+        return new_params, (None if self.kind == "sgd" else (new_m, new_v, new_t, True))
 
 
-def sync_shared_moments(optimizer: torch.optim.Optimizer, world: int) -> None:
-    """Several ranks: average the per-rank chains' moments, take the largest step count (no-op for one rank)."""
+def sync_shared_moments(optimizer: torch.optim.Optimizer, world: int, tasks: int) -> None:
+    """Several ranks: average the moments of the ranks that ran a task (with fewer tasks than ranks, the idle
+    ranks' untouched moments must not dilute the average), take the largest step count. No-op for one rank."""
     if world == 1:
         return
     from . import distributed
 
+    active = min(world, tasks)  # tasks are sharded round robin: ranks 0 .. active-1 have at least one
     states = [optimizer.state[p] for group in optimizer.param_groups for p in group["params"]]
-    distributed.all_reduce_sum_([s[key] for s in states for key in ("exp_avg", "exp_avg_sq")])
+    moments = [s[key] for s in states for key in ("exp_avg", "exp_avg_sq")]
+    if distributed.rank() >= active:
+        for moment in moments:
+            moment.zero_()
+    distributed.all_reduce_sum_(moments)
     steps = torch.stack([s["step"] for s in states])
     distributed.all_reduce_max_(steps)
     for state, step in zip(states, steps):
-        state["exp_avg"].div_(world)
-        state["exp_avg_sq"].div_(world)
+        state["exp_avg"].div_(active)
+        state["exp_avg_sq"].div_(active)
         state["step"].copy_(step)
 
 
@@ -240,7 +276,7 @@ def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, diffe
     """theta_i: `steps` inner updates on `batch`. Returns (adapted params, support loss before adapting)."""
     state = inner.start(params)
     adapted, first_loss = params, None
-    for _ in range(steps):
+    for step in range(steps):
         loss = mean_loss(model, batch, adapted)
         first_loss = loss.item() if first_loss is None else first_loss
         grads = _grad(loss, adapted, create_graph=differentiable)
@@ -249,7 +285,7 @@ def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, diffe
             adapted, state = inner.step(adapted, grads, state, differentiable=True)
         else:
             with torch.no_grad():
-                adapted, state = inner.step(adapted, grads, state, differentiable=False)
+                adapted, state = inner.step(adapted, grads, state, differentiable=False, last=step == steps - 1)
             adapted = {n: p.requires_grad_() for n, p in adapted.items()}
     return adapted, first_loss
 

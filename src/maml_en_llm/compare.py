@@ -29,7 +29,8 @@ from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .metrics import mean_ci95, paired_test, result_cells
-from .paths import atomic_write_text, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir
+from .provenance import provenance
 from .tasks import Split
 from .train import load_training_tasks, train
 
@@ -41,7 +42,7 @@ SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
 BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted"}
 # Recipe fields that compare's own flags set for every method, so a key=value would silently split train and eval.
 SET_BY_FLAGS = {"method": "--methods", "k": "--k (it sets the training and the evaluation k)",
-                "prompt": "--method (it sets the training and the evaluation direction)"}
+                "prompt": "--prompt (it sets the training and the evaluation direction)"}
 RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -74,6 +75,7 @@ class Plan:
     device: str | None
     dtype: str
     command: str
+    allow_train_test_overlap: bool = False
 
 
 def _digest(obj: object) -> str:
@@ -137,16 +139,11 @@ def steps_for_tokens(config: TrainConfig, tasks, tokenize, tokens: int) -> tuple
 
     Tokenization only: the same episodes, tokens and count (len(context) + len(target) of every support and query
     instance) that the train loop logs as `tokens`."""
-    from .episodes import sample_episode
-    from .prompts import PromptFormat
+    from .train import episode_of
 
-    fmt = PromptFormat(config.prompt)
     step, total = 0, 0
     while total < tokens:
-        episode = sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
-                                 k=config.demonstrations, support_size=config.support_size,
-                                 query_size=config.query_size, tokenize=tokenize, fmt=fmt,
-                                 use_instructions=config.method == "ict")
+        episode = episode_of(config, tasks, step, tokenize)
         total += sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
         step += 1
     return step, total
@@ -159,15 +156,38 @@ def _model_id(model: str) -> str:
     return str(path.resolve()) if model not in PACKAGED_MODELS and path.is_dir() else model
 
 
+BUDGET_KINDS = ("steps", "tokens", "seconds")
+
+
+def parse_budget(args) -> tuple[str, int | float] | None:
+    """`--budget KIND=N` (or its shorthands `--steps N`, `--tokens N`) -> (kind, value); None = the recipe's steps."""
+    given = [(flag, value) for flag, value in (("--budget", getattr(args, "budget", None)), ("--steps", args.steps),
+                                                ("--tokens", args.tokens)) if value is not None]
+    if len(given) > 1:
+        raise UserError(f"{given[0][0]} and {given[1][0]} both given; equalise one budget")
+    if not given:
+        return None
+    flag, value = given[0]
+    if flag != "--budget":
+        kind = flag[2:]
+    else:
+        kind, _, raw = str(value).partition("=")
+        if kind not in BUDGET_KINDS or not raw:
+            raise UserError(f"--budget {value!r}: expected steps=N, tokens=N or seconds=S")
+        try:
+            value = float(raw) if kind == "seconds" else int(raw)
+        except ValueError:
+            raise UserError(f"--budget {value!r}: {raw!r} is not a number") from None
+    if not value >= 1:
+        raise UserError(f"--budget {kind}={value}: must be at least 1")
+    return kind, value
+
+
 def plan_compare(args, command_line: str) -> Plan:
     """Resolve and check every input (methods, sweep, budget, recipe, data, eval settings); write nothing."""
     methods = parse_methods(args.methods)
-    if args.steps is not None and args.tokens is not None:
-        raise UserError("--steps and --tokens both given; equalise one budget: meta-steps or training tokens")
-    budget_flag = "--steps" if args.steps is not None else "--tokens" if args.tokens is not None else None
-    for flag, value in (("--steps", args.steps), ("--tokens", args.tokens)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
+    budget_given = parse_budget(args)
+    budget_flag = f"--budget {budget_given[0]}" if budget_given else None
     sweep = parse_sweep(args.sweep, methods, budget_flag) if args.sweep else None
     overrides = parse_overrides(args.overrides)
     for key, flag in SET_BY_FLAGS.items():
@@ -177,9 +197,8 @@ def plan_compare(args, command_line: str) -> Plan:
         raise UserError(f"steps={overrides['steps']}: conflicts with {budget_flag}; drop one of them")
     if sweep and sweep[0] in overrides:
         raise UserError(f"{sweep[0]}={overrides[sweep[0]]}: the field is also swept by --sweep; drop one of them")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file; give a folder for runs and compare.json/.md/.png")
+    out = check_output(Path(args.out))
+    allow_overlap = getattr(args, "allow_train_test_overlap", False)
 
     if args.k is None:  # one k for training and evaluation: the recipe's when it has one, else MetaICL's 16
         args.k = make_config(args.config).k if args.config is not None else 16
@@ -188,9 +207,9 @@ def plan_compare(args, command_line: str) -> Plan:
     eval_data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test)  # checks every test file
     split = eval_data.split
 
-    fixed = {"k": args.k, "prompt": args.method}
-    if args.steps is not None:
-        fixed["steps"] = args.steps
+    fixed = {"k": args.k, "prompt": args.prompt}
+    if budget_given and budget_given[0] == "steps":
+        fixed["steps"] = budget_given[1]
     shared = make_config(args.config, overrides, **fixed)
     variants: list[tuple[str, str, str | None, dict]] = []  # (label, method, sweep value, extra overrides)
     for method in methods:
@@ -215,23 +234,26 @@ def plan_compare(args, command_line: str) -> Plan:
             key = (config.max_examples_per_task, config.method == "ict", config.demonstrations,
                    config.support_size, config.query_size)
             if key not in pools:  # data problems surface here, before any training
-                pools[key] = load_training_tasks(config, data_dir, args.split)
-            if args.tokens is not None:
+                pools[key] = load_training_tasks(config, data_dir, args.split, allow_overlap)
+            if budget_given and budget_given[0] == "tokens":
                 if tokenize is None:
                     from .models import load_tokenizer
                     from .prompts import make_tokenize
 
                     tokenize = make_tokenize(load_tokenizer(args.model))
-                steps, _ = steps_for_tokens(config, pools[key], tokenize, args.tokens)
+                steps, _ = steps_for_tokens(config, pools[key], tokenize, budget_given[1])
                 config = dataclasses.replace(config, steps=steps)
             row.config = config
+            recipe = config.to_dict()
+            if budget_given and budget_given[0] == "seconds":  # steps come from a timed probe (train_row)
+                recipe = {**recipe, "steps": None, "seconds_budget": budget_given[1]}
             identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,
                         "train": list(split.train)}, "dtype": args.dtype, "method": method,
-                        "recipe": config.to_dict()}
+                        "recipe": recipe}
             row.run_name = f"{method}-{_digest(identity)}"
         rows.append(row)
 
-    eval_settings = {"k": args.k, "seeds": list(args.seeds), "method": args.method, "max_test": args.max_test,
+    eval_settings = {"k": args.k, "seeds": list(args.seeds), "prompt": args.prompt, "max_test": args.max_test,
                      "batch_size": args.batch_size, "adapt_steps": args.adapt_steps,
                      "adapt_lr": args.adapt_lr if args.adapt_steps else None,
                      "adapt_optimizer": args.adapt_optimizer if args.adapt_steps else None, "dtype": args.dtype}
@@ -241,16 +263,21 @@ def plan_compare(args, command_line: str) -> Plan:
                                   "unseen_domain_test": list(split.unseen_domain_test)}, **eval_settings}
         row.eval_name = f"{row.run_name or BASE}-{_digest(row.eval_key)}"
 
-    if args.tokens is not None:
-        budget = {"equalised": "tokens", "tokens": args.tokens, "source": "--tokens",
+    kind = budget_given[0] if budget_given else "steps"
+    if kind == "tokens":
+        budget = {"equalised": "tokens", "tokens": budget_given[1], "source": budget_flag,
                   "note": "each method trains the fewest meta-steps whose episodes reach the token budget"}
+    elif kind == "seconds":
+        budget = {"equalised": "seconds", "seconds": budget_given[1], "source": budget_flag,
+                  "note": f"each method trains floor(S / its seconds per meta-step) steps, the seconds measured on "
+                          f"its own first episodes (median of {PROBE_STEPS} steps after a warm-up step)"}
     else:
-        budget = {"equalised": "steps", "steps": shared.steps, "source": "--steps" if args.steps else "recipe",
+        budget = {"equalised": "steps", "steps": shared.steps, "source": budget_flag or "recipe",
                   "note": "every method trains the same number of meta-steps"}
     return Plan(out=out, model=args.model, model_id=model_id, data_dir=data_dir, split=split,
                 split_spec=args.split, rows=rows, budget=budget, recipe=shared.to_dict(),
                 sweep={"field": sweep[0], "values": sweep[1]} if sweep else None, eval_settings=eval_settings,
-                device=args.device, dtype=args.dtype, command=command_line)
+                device=args.device, dtype=args.dtype, command=command_line, allow_train_test_overlap=allow_overlap)
 
 
 # ---------------------------------------------------------------- training and evaluation (cached)
@@ -263,6 +290,25 @@ def _read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+PROBE_STEPS = 3
+
+
+def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
+    """Meta-steps that fit the seconds budget: S / (this recipe's seconds per step), timed once and kept in
+    RUN/probe.json, so a resumed or re-run compare trains the same number of steps."""
+    from .train import seconds_per_step
+
+    path = run_dir / "probe.json"
+    if path.exists():
+        probe = json.loads(path.read_text())
+    else:
+        print(f"== timing {row.label}: {PROBE_STEPS} meta-steps after a warm-up, for the seconds budget", flush=True)
+        probe = seconds_per_step(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec,
+                                 device=plan.device, dtype=plan.dtype, steps=PROBE_STEPS)
+        atomic_write_text(path, json.dumps(probe) + "\n")
+    return max(1, int(plan.budget["seconds"] // probe["median"]))
+
+
 def train_row(plan: Plan, row: Row, position: str) -> dict:
     """Train (or resume, or reuse) one row's run; return steps, tokens and times read back from the run."""
     run_dir = plan.out / "runs" / row.run_name
@@ -270,20 +316,25 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
     if (run_dir / "final" / "config.json").exists():
         print(f"== training {row.label} ({position}): done already, reusing {run_dir}", flush=True)
     else:
+        if plan.budget["equalised"] == "seconds":
+            row.config = dataclasses.replace(row.config, steps=probe_steps(plan, row, run_dir))
         state = "resuming" if (run_dir / "config.yaml").exists() else "training"
         print(f"== {state} {row.label} ({position}): {row.config.steps} meta-steps into {run_dir}", flush=True)
         started = time.perf_counter()
         train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
-              resume=True, device=plan.device, dtype=plan.dtype, command=plan.command)
+              resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
+              allow_train_test_overlap=plan.allow_train_test_overlap)
         seconds = time.perf_counter() - started
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
         atomic_write_text(timing_path, json.dumps({"wall_seconds": round(before + seconds, 2)}) + "\n")
     metrics = _read_metrics(run_dir)
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    probe = run_dir / "probe.json"
     return {"run": str(Path("runs") / row.run_name), "steps": metrics[-1]["step"] if metrics else 0,
             "tokens": metrics[-1]["total_tokens"] if metrics else 0,
             "step_seconds": round(sum(m["seconds"] for m in metrics), 2),
-            "wall_seconds": timing.get("wall_seconds")}
+            "wall_seconds": timing.get("wall_seconds"),
+            "probe_seconds_per_step": json.loads(probe.read_text())["median"] if probe.exists() else None}
 
 
 def evaluate_row(plan: Plan, row: Row, position: str) -> dict:
@@ -306,7 +357,7 @@ def evaluate_row(plan: Plan, row: Row, position: str) -> dict:
     model.eval()
     s = plan.eval_settings
     result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=s["k"], seeds=s["seeds"],
-                            method=s["method"], max_test=s["max_test"], batch_size=s["batch_size"],
+                            method=s["prompt"], max_test=s["max_test"], batch_size=s["batch_size"],
                             adapt_steps=s["adapt_steps"], adapt_lr=s["adapt_lr"] or 1e-5,
                             adapt_optimizer=s["adapt_optimizer"] or "adam")
     del model
@@ -400,13 +451,16 @@ def format_markdown(report: dict) -> str:
     columns = [(b, s) for b in blocks for s in SUBSETS]
     first = report["sweep"]["field"] if report["sweep"] else "method"
     budget = report["budget"]
-    budget_line = (f"equal training tokens: {budget['tokens']} per method (meta-steps derived per method)"
-                   if budget["equalised"] == "tokens" else
-                   f"equal meta-steps: {budget['steps']} per method (from {budget['source']})")
+    budget_line = {"tokens": f"equal training tokens: {budget.get('tokens')} per method (meta-steps derived per "
+                             "method)",
+                   "seconds": f"equal wall-clock: {budget.get('seconds'):g} s of meta-steps per method (meta-steps "
+                              "derived from each method's timed seconds per step)" if budget.get("seconds") else "",
+                   "steps": f"equal meta-steps: {budget.get('steps')} per method (from {budget['source']})"
+                   }[budget["equalised"]]
     s = report["eval"]
     lines = [f"# compare: {report['model']} on {report['split']['name']}", "",
              f"- budget: {budget_line}",
-             f"- evaluation: k={s['k']}, {s['method']}, seeds {', '.join(map(str, s['seeds']))}, "
+             f"- evaluation: k={s['k']}, {s['prompt']}, seeds {', '.join(map(str, s['seeds']))}, "
              f"max test {s['max_test'] or 'all'}" + (f", adapted: {s['adapt_steps']} steps {s['adapt_optimizer']} "
                                                      f"lr {s['adapt_lr']:g}" if s["adapt_steps"] else ""),
              f"- test tasks: {len(report['split']['test'])} ({len(report['split']['unseen_domain_test'])} unseen "
@@ -532,6 +586,8 @@ def run_compare(args, command_line: str) -> dict:
                              for subset, tasks in subsets.items()} if block in entry["eval"] else None)
         rows.append(entry)
     tests, headline = paired_tests(rows, plan.split, bool(plan.sweep))
+    from .models import pick_device
+
     report = {
         "command": plan.command, "model": plan.model, "data_dir": str(plan.data_dir),
         "split": {"name": plan.split.name, "source": plan.split.source, "train": list(plan.split.train),
@@ -543,6 +599,7 @@ def run_compare(args, command_line: str) -> dict:
                       "worst = min_s a_s; ci95 = Student-t interval of the mean over task x seed cells; paired "
                       "tests pair the same (task, seed) cells of two rows (paired t-test and Wilcoxon signed-rank)",
         "wall_seconds": round(time.perf_counter() - started, 2),
+        "provenance": provenance(pick_device(plan.device)),
     }
     report = _clean(report)
     markdown = format_markdown(report)

@@ -7,6 +7,8 @@ unknown keys, wrong types and out-of-range values are one-line errors naming the
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -18,7 +20,7 @@ from .errors import UserError
 
 METHODS = ("metaicl", "maml", "fomaml", "reptile", "ict", "multitask0")
 MAML_FAMILY = ("maml", "fomaml", "reptile")
-INNER_OPTIMIZERS = ("shared-adam", "sgd", "adam")
+INNER_OPTIMIZERS = ("shared-adam-copy", "shared-adam-chain", "sgd", "adam")
 
 
 @dataclass
@@ -29,34 +31,60 @@ class TrainConfig:
     steps: int = 100  # meta-steps (outer optimizer updates)
     k: int = 16  # demonstrations per training instance (multitask0 forces 0)
     prompt: str = "direct"  # direct | channel (MetaICL's two scoring directions)
+    train_labels: str = "gold"  # demonstrations' labels in training: gold | random | symbols (labels.py)
     seed: int = 100  # seeds model-independent randomness: episodes, and torch
     lr: float = 1e-5  # outer learning rate (AdamW), after warmup decays linearly to 0
     warmup_steps: int = 0  # linear warmup of the outer learning rate
     weight_decay: float = 0.0  # outer AdamW weight decay (inner updates never decay)
     max_grad_norm: float = 1.0  # clip the (meta-)gradient to this L2 norm before the outer step; 0 = off
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of the outer optimizer (and of Adam inner steps)
+    adam_eps: float = 1e-8  # Adam epsilon of the outer optimizer (and of Adam inner steps)
     tasks_per_step: int = 4  # "exploration tasks" sampled per meta-step
     support_size: int = 2  # instances per task in the support (exploration) batch
     query_size: int = 2  # instances per task in the query (validation) batch, disjoint from support
     inner_steps: int = 1  # gradient steps on the support batch per task (maml, fomaml, reptile)
     inner_lr: float = 1e-5  # learning rate of the inner steps
-    inner_optimizer: str = "shared-adam"  # shared-adam | sgd | adam (see algorithms.py)
+    inner_optimizer: str = "shared-adam-copy"  # shared-adam-copy | shared-adam-chain | sgd | adam (algorithms.py)
     max_examples_per_task: int | None = None  # cap each training task's pool (limited-data setting); null = full
+    lora_rank: int = 0  # LoRA adapter rank; 0 = full fine-tuning (every weight is meta-learned)
+    lora_alpha: float = 16.0  # LoRA scaling numerator (updates are scaled by lora_alpha / lora_rank)
+    lora_dropout: float = 0.0  # dropout on the LoRA path
+    lora_targets: str = "all-linear"  # modules that get adapters: all-linear, or names such as q_proj,v_proj
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward (less memory, more time)
     checkpoint_every: int = 50  # write a checkpoint every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
+    eval_every: int = 0  # every N steps, score the validation tasks' dev files in context; 0 = off
+    eval_k: int | None = None  # demonstrations for that validation; null = k
+    eval_max_test: int = 16  # dev examples per validation task and seed
+    eval_seeds: int = 1  # how many of the seeds 100, 13, 21, 42, 87 the validation uses
+    eval_tasks: int | None = None  # validate on the first N test tasks of the split; null = all
 
     def __post_init__(self) -> None:
         self.validate()
 
-    def validate(self, where: str = "recipe") -> None:
-        def bad(field: str, why: str) -> UserError:
-            return UserError(f"{where}: {field}={getattr(self, field)!r} {why}")
+    def validate(self, sources: dict[str, str] | None = None) -> None:
+        """Range and combination checks; `sources` names where each field was set (file or argument)."""
+        sources = sources or {}
 
+        def bad(field: str, why: str) -> UserError:
+            source = sources.get(field, "recipe")
+            where = "" if source.startswith(f"{field}=") else f"{source}: "  # a key=value argument names itself
+            return UserError(f"{where}{field}={getattr(self, field)!r} {why}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                raise bad(f.name, "must be a finite number")
         if self.method not in METHODS:
             raise bad("method", f"is not one of {list(METHODS)}")
         if self.prompt not in ("direct", "channel"):
             raise bad("prompt", "must be direct or channel")
+        if self.train_labels not in ("gold", "random", "symbols"):
+            raise bad("train_labels", "must be gold, random or symbols")
+        if self.inner_optimizer == "shared-adam":
+            raise bad("inner_optimizer", "is ambiguous: choose shared-adam-copy (inner steps start from the outer "
+                      "AdamW's moments, private copies) or shared-adam-chain (inner steps write into them)")
         if self.inner_optimizer not in INNER_OPTIMIZERS:
             raise bad("inner_optimizer", f"is not one of {list(INNER_OPTIMIZERS)}")
         for name in ("steps", "tasks_per_step", "support_size", "query_size"):
@@ -71,13 +99,35 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.adam_eps <= 0:
-            raise UserError(f"{where}: weight_decay, max_grad_norm must be >= 0 and adam_eps > 0")
+            field = "adam_eps" if self.adam_eps <= 0 else "weight_decay" if self.weight_decay < 0 else "max_grad_norm"
+            raise bad(field, "must be > 0" if field == "adam_eps" else "must be >= 0")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise bad("adam_betas", "must be two numbers in [0, 1)")
         if self.max_examples_per_task is not None and self.max_examples_per_task < 2:
             raise bad("max_examples_per_task", "must be at least 2 (or null/full for the whole pool)")
+        if self.lora_rank < 0:
+            raise bad("lora_rank", "must be >= 0 (0 = full fine-tuning)")
+        if self.lora_rank and not self.lora_alpha > 0:
+            raise bad("lora_alpha", "must be > 0")
+        if not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "must be in [0, 1)")
+        if not self.lora_targets.strip():
+            raise bad("lora_targets", "is empty; use all-linear or module names such as q_proj,v_proj")
+        if self.eval_every < 0:
+            raise bad("eval_every", "must be >= 0 (0 = off)")
+        if self.eval_k is not None and self.eval_k < 0:
+            raise bad("eval_k", "must be >= 0 (or null for k)")
+        if self.eval_max_test < 1:
+            raise bad("eval_max_test", "must be at least 1")
+        if not 1 <= self.eval_seeds <= 5:
+            raise bad("eval_seeds", "must be between 1 and 5")
+        if self.eval_tasks is not None and self.eval_tasks < 1:
+            raise bad("eval_tasks", "must be at least 1 (or null for all test tasks)")
         if self.method == "reptile" and self.inner_steps < 1:
             raise bad("inner_steps", "must be at least 1 for reptile (its update is theta - adapted theta)")
+        if self.method == "reptile" and self.inner_optimizer == "shared-adam-chain":
+            raise bad("inner_optimizer", "does not fit reptile: its inner gradients would fill the moments its "
+                      "pseudo-gradient is stepped with; use shared-adam-copy, adam or sgd")
 
     @property
     def demonstrations(self) -> int:
@@ -96,11 +146,12 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 def _coerce(name: str, value: object, where: str) -> object:
     """Check/convert one value to the field's declared type."""
     hint = typing.get_type_hints(TrainConfig)[name]
-    if name == "max_examples_per_task" and value in (None, "full", "null", "none"):
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("full", "null", "none"))):
         return None
     if hint is bool or hint == "bool":
         ok = isinstance(value, bool)
-    elif hint is int or typing.get_origin(hint) is typing.Union or name == "max_examples_per_task":
+    elif hint is int or optional:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
@@ -180,7 +231,7 @@ def make_config(recipe: Path | None = None, overrides: dict | None = None, **fix
     for name, field in _FIELDS.items():
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         setattr(config, name, values.get(name, default))
-    config.validate(where=", ".join(sorted(set(sources.values()))) or "recipe")
+    config.validate(sources)
     return config
 
 

@@ -15,6 +15,10 @@ Rules of one meta-step (`sample_episode`):
   (Pools are de-duplicated when loaded, so this holds for contents as well as positions.)
 * Within a part, targets are distinct; each target's k demonstrations are drawn from the rest of its part
   (never the target itself). Instances of one part may share demonstrations, as in MetaICL.
+* `train_labels` (labels.py): "gold" keeps every label; "random" gives each demonstration a random label from its
+  options (targets keep theirs); "symbols" renames a classification task's label words to arbitrary words with
+  one mapping per task and step, shared by its support and query instances. Label draws come from a separate
+  generator, `default_rng([seed, t, 1])`, so the examples chosen do not depend on the label mode.
 
 Every method gets the same instances (MetaICL trains on support + query as one batch), so equal steps mean equal
 data. Sampling is *stateless*: the episode of step t is a pure function of (seed, t), drawn from
@@ -30,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
+from .labels import apply_mapping, random_labels, shared_options, symbol_mapping
 from .prompts import PromptFormat, Tokenize, TokenSequence, training_sequence
 from .tasks import Example
 
@@ -39,6 +44,11 @@ class TaskData:
     name: str
     pool: tuple[Example, ...]
     instruction: str | None = None  # prepended by in-context tuning
+
+    @property
+    def label_set(self) -> tuple[str, ...] | None:
+        """The option list every pool example shares (a classification task), else None."""
+        return shared_options(self.pool)
 
 
 @dataclass(frozen=True)
@@ -117,18 +127,33 @@ def sample_indices(pool_sizes: Sequence[int], step: int, *, seed: int, tasks_per
 
 def sample_episode(tasks: Sequence[TaskData], step: int, *, seed: int, tasks_per_step: int, k: int,
                    support_size: int, query_size: int, tokenize: Tokenize, fmt: PromptFormat,
-                   use_instructions: bool = False) -> list[TaskEpisode]:
+                   use_instructions: bool = False, train_labels: str = "gold") -> list[TaskEpisode]:
     """The episode of meta-step `step`, tokenized: per chosen task, its support and query instances."""
     indices = sample_indices([len(task.pool) for task in tasks], step, seed=seed, tasks_per_step=tasks_per_step,
                              k=k, support_size=support_size, query_size=query_size)
+    label_rng = np.random.default_rng([seed, step, 1])
+    label_sets = {}
     episode = []
     for entry in indices:
         task = tasks[entry.task]
         instruction = task.instruction if use_instructions else None
+        mapping = None
+        if train_labels == "symbols":
+            if entry.task not in label_sets:
+                label_sets[entry.task] = task.label_set
+            if label_sets[entry.task] is not None:
+                mapping = symbol_mapping(label_sets[entry.task], label_rng)
 
         def encode(instances):
-            return [training_sequence(tokenize, [task.pool[i] for i in demos], task.pool[target], fmt, instruction)
-                    for target, demos in instances]
+            sequences = []
+            for target, demo_indices in instances:
+                demos, goal = [task.pool[i] for i in demo_indices], task.pool[target]
+                if train_labels == "random":
+                    demos = random_labels(demos, label_rng)
+                elif mapping is not None:
+                    demos, (goal,) = apply_mapping(demos, mapping), apply_mapping([goal], mapping)
+                sequences.append(training_sequence(tokenize, demos, goal, fmt, instruction))
+            return sequences
 
         episode.append(TaskEpisode(task.name, encode(entry.support), encode(entry.query)))
     return episode

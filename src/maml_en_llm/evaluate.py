@@ -1,6 +1,7 @@
 """`maml-en-llm eval`: k-shot in-context evaluation of a model on a split's test tasks, optionally after adaptation.
 
-For every test task and seed, the first k examples of `<task>_16_<seed>_train.jsonl` are the demonstrations
+For every test task and seed, the first k examples of `<task>_<K>_<seed>_train.jsonl` (the smallest K >= k present,
+MetaICL ships K = 16) are the demonstrations
 (shared by all test examples of that seed, encoded once), each test example's options are scored by
 `scoring.score_options`, the lowest loss is the prediction, and the seed's metric is Macro-F1 (classification)
 or accuracy (multi-choice) in percent. A task reports its per-seed values, their mean and the worst seed; the
@@ -27,8 +28,9 @@ from tqdm.auto import tqdm
 from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, demonstration_loss
 from .errors import UserError
 from .metrics import metric_name, summarize, task_metric
-from .paths import atomic_write_text, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir
 from .prompts import BOS_CHOICES, FORMATS, PromptFormat, default_format, encode_prefix, make_tokenize, prompt_format
+from .provenance import provenance
 from .scoring import predict, score_options
 from .tasks import Example, Split, check_split_data, load_demonstrations, load_split, load_task_meta, load_test
 
@@ -294,14 +296,13 @@ def format_results(results: dict) -> str:
 
 
 def run_eval(args, command_line: str) -> None:
-    """The `eval` subcommand: validate everything, load the model, evaluate, write results.json, print the table."""
+    """The `eval` subcommand: validate everything, load the model, evaluate, write `<--out>/results.json`, print the
+    table."""
     started = time.perf_counter()
     data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
     if not Path(data_dir).is_dir():
         raise _missing_data_dir(data_dir)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the path of the results JSON file to write")
+    out = check_output(Path(args.out), "--out", folder=True)  # a folder that will hold results.json
     check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer,
                         args.format, args.bos)
     data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks)
@@ -309,14 +310,15 @@ def run_eval(args, command_line: str) -> None:
 
     device, dtype = pick_device(args.device), parse_dtype(args.dtype)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
-    results = evaluate_data(model, tokenizer, data, method=args.method, batch_size=args.batch_size,
+    results = evaluate_data(model, tokenizer, data, method=args.prompt, batch_size=args.batch_size,
                             adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr,
                             adapt_optimizer=args.adapt_optimizer, format=args.format, bos=args.bos, progress=True)
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["command"] = command_line
     results["hardware"] = hardware_info(device)
+    results["provenance"] = provenance(device)
     results["wall_seconds"] = round(time.perf_counter() - started, 2)
-    atomic_write_text(out, json.dumps(results, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     print(format_results(results))
-    print(f"\nwall time {results['wall_seconds']:.1f} s; results written to {out}")
+    print(f"\nwall time {results['wall_seconds']:.1f} s; results written to {out / 'results.json'}")

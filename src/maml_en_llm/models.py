@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -121,11 +122,40 @@ def load_model(name: str, *, dtype: str | torch.dtype = "float32", device: str |
 
     torch_dtype, target = parse_dtype(dtype), pick_device(device)
     source = resolve_model(name)
+    base = adapter_base(source)
+    if base is not None:  # a LoRA adapter folder: load its base and merge the adapters in
+        from .lora import load_merged
+
+        with _load_errors(name):
+            return load_merged(Path(source), base, dtype=torch_dtype, device=target,
+                               attn_implementation=attn_implementation)
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with _load_errors(name):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                      **extra)
     return model.to(target)
+
+
+ADAPTER_BASE_FILE = "maml_en_llm_base.json"  # in an adapter folder: the --model the adapters were trained on
+
+
+def adapter_base(source: str) -> str | None:
+    """For a peft adapter folder (adapter_config.json, no config.json): the base model to load it onto, as
+    recorded by training (any --model form), else peft's own base_model_name_or_path. None for anything else."""
+    folder = Path(source)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return None
+    recorded = folder / ADAPTER_BASE_FILE
+    try:
+        if recorded.is_file():
+            return json.loads(recorded.read_text())["base_model"]
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{folder}: unreadable adapter metadata; re-save the adapter with peft") from None
+    if not base:
+        raise UserError(f"{folder / 'adapter_config.json'}: no base_model_name_or_path; cannot tell which model "
+                        "the adapter belongs to")
+    return base
 
 
 def load_model_and_tokenizer(name: str, **kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -312,8 +342,12 @@ def _exclusive(lock_path: Path):
 
 @contextlib.contextmanager
 def _load_errors(name: str):
-    """transformers reports missing files, unknown repos and no network as OSError: a user problem."""
+    """transformers reports missing files, unknown repos and no network as OSError, unusable tokenizer files as
+    ValueError, and safetensors a damaged weights file as SafetensorError: all problems of the model folder."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except OSError as err:
-        raise UserError(f"--model {name}: cannot load it: {err}") from None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise UserError(f"--model {name}: cannot load it ({type(err).__name__}: {err}); check the folder is a "
+                        "complete save_pretrained output") from None

@@ -1,0 +1,43 @@
+"""Derive the study's split files (`study/splits/*.json`) from the built-in BIG-bench settings.
+
+    .venv/bin/python scripts/make_study_splits.py            # needs `maml-en-llm data bigbench` first
+
+Rule: a study split keeps a setting's training tasks unchanged and its test tasks that have at least
+MIN_TEST test examples, so every test task can be scored on 100 examples per seed (docs/results.md explains
+why: the power to see a 2-point difference). `unseen_domain_test` keeps the setting's unseen-domain tasks that
+pass the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from maml_en_llm.paths import default_data_dir  # noqa: E402
+from maml_en_llm.tasks import load_split, load_test  # noqa: E402
+
+MIN_TEST = 100
+SETTINGS = {"social": "bb_non_social_to_social", "commonsense": "bb_non_commonsense_to_commonsense",
+            "logic": "bb_non_logic_to_logic"}
+
+
+def main() -> None:
+    data_dir = default_data_dir()
+    out = ROOT / "study" / "splits"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, setting in SETTINGS.items():
+        split = load_split(setting)
+        test = [t for t in split.test if len(load_test(data_dir, t, 100)) >= MIN_TEST]
+        body = {"about": f"{setting} with the test tasks that have >= {MIN_TEST} test examples",
+                "train": list(split.train), "test": test,
+                "unseen_domain_test": [t for t in split.unseen_domain_test if t in test]}
+        (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+        print(f"{name}: {len(body['train'])} train, {len(test)} test ({', '.join(test)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""benchmarks/gpu_step.py (the timing part of scripts/gpu_check.sh) runs on CPU with a tiny model: rows for every
+method, tokens and FLOPs that add up, LoRA rows run or say why not, and nothing of the training loop stays
+patched afterwards."""
+
+import importlib.util
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from maml_en_llm import models
+from maml_en_llm import train as train_module
+from maml_en_llm.config import TrainConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
+HAS_LORA = "lora_rank" in {f.name for f in fields(TrainConfig)}
+
+
+@pytest.fixture(scope="module")
+def gpu_step():
+    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_rows_on_cpu(gpu_step, tmp_path, capsys):
+    real = (train_module.meta_step, train_module.save_checkpoint, train_module.save_lora_run, models.save_model)
+    rows = gpu_step.main(["--models", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "1", "--k", "1",
+                          "--example-chars", "30", "--tasks-per-step", "2", "--methods", "metaicl,fomaml,maml",
+                          "--variants", "full,lora", "--in-process", "--json", str(tmp_path / "rows.json")])
+    assert (train_module.meta_step, train_module.save_checkpoint, train_module.save_lora_run, models.save_model) == real
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows
+    assert [(r["variant"], r["method"]) for r in rows] == [
+        (v, m) for v in ("full", "lora") for m in ("metaicl", "fomaml", "maml")]
+    table = capsys.readouterr().out
+    assert table.count("\n| tiny |") == 6
+
+    full = {r["method"]: r for r in rows if r["variant"] == "full"}
+    for row in full.values():
+        assert row["tokens_per_step"] > 0 and row["s_per_step"] > 0 and row["mfu"] is None  # no peak on CPU
+        assert row["tokens_per_s"] == pytest.approx(row["tokens_per_step"] / row["s_per_step"])
+        assert row["trainable_params"] > row["matmul_weights"]  # + embeddings and norms
+    # metaicl: counted matmul FLOPs near 6 N T (below it: the LM head runs on target positions only, and CPU
+    # attention is not counted); second-order maml runs a double backward on top of fomaml's work
+    ratio = full["metaicl"]["flops_counted"] / full["metaicl"]["flops_6nt"]
+    assert 0.6 < ratio <= 1.2
+    assert full["maml"]["flops_counted"] > 1.5 * full["fomaml"]["flops_counted"]
+
+    lora = [r for r in rows if r["variant"] == "lora"]
+    if HAS_LORA:
+        assert all(r["trainable_params"] < full[r["method"]]["trainable_params"] / 2 and r["s_per_step"] > 0
+                   for r in lora)
+    else:
+        assert all("no lora_rank field" in r["skipped"] for r in lora)
+        assert "no lora_rank field" in table
