@@ -246,12 +246,12 @@ def test_empty_inputs_and_missing_task_metadata_warn_and_evaluate(model, tokeniz
 
 
 def test_cli_format_bos_and_scoring_counts(tiny_model_dir, tiny_data_dir, tmp_path):
-    out = tmp_path / "results.json"
+    out = tmp_path / "run"
     assert main(eval_args(tiny_model_dir, tiny_data_dir, out, "--format", "space", "--bos", "no")) == 0
-    results = json.loads(out.read_text())
+    results = json.loads((out / "results.json").read_text())
     assert results["format"] == "space" and results["bos"] is False
     scoring = results["scoring"]
     assert 0 < scoring["tokens_processed"] < scoring["unique_tokens"] < scoring["tokens"]
-    out.unlink()
-    assert main(eval_args(tiny_model_dir, tiny_data_dir, out, "--bos", "yes")) == 2  # the tiny tokenizer has no BOS
-    assert not out.exists()
+    other = tmp_path / "other"
+    assert main(eval_args(tiny_model_dir, tiny_data_dir, other, "--bos", "yes")) == 2  # the tokenizer has no BOS
+    assert not (other / "results.json").exists()

@@ -15,11 +15,13 @@ Sharing. Every scoring sequence of one call (one task and seed) is `P + A + B`, 
 P runs once (its KV cache and last logits are kept); the distinct A's run once each, batched (right-padded) over
 rows of P's cache; each sequence's B then runs over a row of its A's cache, batched across A's (options across
 examples in direct). B's last token predicts nothing, so only B minus its last token is run; B's first token is
-scored from A's last logits (P's when A is empty). In direct every token of the prompt is therefore run once; in
-channel P and each distinct option are run once and each test input once per option (its context differs per
-option, so nothing more can be shared). A custom attention mask is never needed: rows carry a 2D padding mask and
-explicit position ids, so a padded row computes what it would alone; the losses equal whole-sequence scoring to
-float rounding (tests: 1e-4 in float32).
+scored from A's last logits (P's when A is empty). Tokens that every A starts with (the separator before each
+test input) join P, and tokens that every B of one A starts with (the options' "\\n") join that A. In direct every
+token is therefore run once, except tokens shared by only some of an example's options; in channel P and each
+distinct option run once and each test input once per option (its context differs per option, so nothing more
+can be shared). A custom attention mask is never needed: rows carry a 2D padding mask and explicit position ids,
+so a padded row computes what it would alone, and a batch keeps its lengths close (`_batches`). The losses equal
+whole-sequence scoring to float rounding (tests: 1e-5 in float32).
 
 Fallbacks, decided per sequence or per call:
 * a sequence whose context does not start with P (the sequence cap cut its demonstrations) is scored whole
