@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("data", "scoring", "cost")
 
 
-def run(command: list[str], label: str) -> tuple[str, float]:
+def run(command: list[str], label: str, env: dict | None = None) -> tuple[str, float]:
     """Run a step, streaming its stderr; its stdout and wall seconds. A failure stops the benchmark."""
     print(f"== {label}: {shlex.join(command)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if result.returncode:
         raise SystemExit(f"{label} failed (exit {result.returncode}) after {seconds:.0f} s: {shlex.join(command)}")
@@ -85,6 +86,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(STEPS), help=f"comma-separated steps among {', '.join(STEPS)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds of the scoring benchmark")
     parser.add_argument("--cost-steps", type=int, default=3, help="timed meta-steps per cost configuration")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the scoring and cost runs (default 1: on a shared machine a second "
+                             "OpenMP thread that gets descheduled stalls every operation)")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
     steps = [s for s in args.only.split(",") if s]
@@ -116,7 +120,7 @@ def main() -> None:
         if "scoring" in steps:
             source = ["--data-dir", str(data_dir)] if "data" in steps else []
             command = [sys.executable, "benchmarks/scoring.py", *source, "--repeats", str(args.repeats),
-                       "--json", "docs/scoring.json"]
+                       "--threads", str(args.threads), "--json", "docs/scoring.json"]
             output, seconds = run(command, "scoring")
             commands.append((shown(command, placeholders), seconds))
             report = json.loads((ROOT / "docs" / "scoring.json").read_text())
@@ -127,9 +131,11 @@ def main() -> None:
         if "cost" in steps:
             command = [sys.executable, "benchmarks/cost.py", "--steps", str(args.cost_steps), "--json",
                        "docs/cost.json"]
-            output, seconds = run(command, "cost")
-            commands.append((shown(command, placeholders), seconds))
-            blocks["cost"] = f"`{shown(command, placeholders)}` ({seconds:.0f} s wall):\n\n{output.strip()}"
+            threads = {"OMP_NUM_THREADS": str(args.threads)}
+            output, seconds = run(command, "cost", env=threads)
+            shown_command = f"OMP_NUM_THREADS={args.threads} {shown(command, placeholders)}"
+            commands.append((shown_command, seconds))
+            blocks["cost"] = f"`{shown_command}` ({seconds:.0f} s wall):\n\n{output.strip()}"
 
     total = time.perf_counter() - started
     info = machine()

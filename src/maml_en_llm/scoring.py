@@ -238,8 +238,8 @@ def _child_order(children: list[tuple[int, list[int]]], batch_size: int) -> list
         keyed.append((rank[row], row, -len(segment), index))
     rows = len(rank)
     if rows and len(children) / rows >= batch_size:
-        return [index for _, row, negative_length, index in sorted(keyed, key=lambda k: (k[1], k[2], k[3]))]
-    return [index for *_, index in sorted(keyed)]
+        return [key[3] for key in sorted(keyed, key=lambda key: (key[1], key[2], key[3]))]
+    return [key[3] for key in sorted(keyed)]
 
 
 def _score_tree(model: torch.nn.Module, prefix: list[int], splits: list[tuple[list[int], list[int]]], pad_id: int,
