@@ -9,7 +9,8 @@ Steps, each a subprocess whose exact command is recorded in the document:
 
 Only the generated blocks of docs/benchmarks.md change: each sits between `<!-- make bench: NAME -->` and
 `<!-- /make bench: NAME -->`; everything outside them is hand-written and kept. A block whose markers are missing is
-appended at the end.
+appended at the end. A failing step is reported in its block and the others still run; the exit code is then 1.
+Torch runs on `--threads` threads (default 1) in the scoring and cost steps.
 
     python benchmarks/bench.py                       # what `make bench` runs
     python benchmarks/bench.py --only scoring --repeats 1
@@ -33,15 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("data", "scoring", "cost")
 
 
+class StepFailed(Exception):
+    pass
+
+
 def run(command: list[str], label: str, env: dict | None = None) -> tuple[str, float]:
-    """Run a step, streaming its stderr; its stdout and wall seconds. A failure stops the benchmark."""
+    """Run a step, streaming its stderr; its stdout and wall seconds (StepFailed on a non-zero exit)."""
     print(f"== {label}: {shlex.join(command)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if result.returncode:
-        raise SystemExit(f"{label} failed (exit {result.returncode}) after {seconds:.0f} s: {shlex.join(command)}")
+        raise StepFailed(f"failed (exit {result.returncode}) after {seconds:.0f} s")
     return result.stdout, seconds
 
 
@@ -97,61 +102,70 @@ def main() -> None:
         raise SystemExit(f"--only: unknown step {unknown[0]!r}; choose among {', '.join(STEPS)}")
 
     started = time.perf_counter()
-    blocks, commands = {}, []
+    info = machine()  # before the steps: they rewrite docs/*.json, which would mark the commit "-dirty"
+    blocks, rows, failed = {}, [], []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         data_dir = Path(tmp) / "bigbench"
         placeholders = {str(data_dir): "<tmp>/bigbench", str(Path(tmp)): "<tmp>"}
-        if "data" in steps:
-            from maml_en_llm.bigbench import ARCHIVE_NAME
-            from maml_en_llm.paths import cache_dir
+        for step in steps:
+            env, prefix = {}, ""
+            if step == "data":
+                from maml_en_llm.bigbench import ARCHIVE_NAME
+                from maml_en_llm.paths import cache_dir
 
-            cached = (Path(cache_dir()) / "downloads" / ARCHIVE_NAME).is_file()
-            script = Path(sys.executable).parent / "maml-en-llm"
-            command = [str(script)] if script.is_file() else [sys.executable, "-m", "maml_en_llm"]
-            command += ["data", "bigbench", "--out", str(data_dir)]
-            placeholders[shlex.join(command[:1])] = "maml-en-llm"
-            output, seconds = run(command, "data")
-            counts = json.loads((data_dir / "MANIFEST.json").read_text()).get("counts", {})
-            commands.append((shown(command, placeholders), seconds))
-            source = ("the 358 MB sdist was already in the download cache, so this is reading and converting it"
-                      if cached else "this includes downloading the 358 MB sdist from PyPI into the cache")
-            blocks["data"] = (f"`{shown(command, placeholders)}`: **{seconds:.0f} s** wall; {counts.get('tasks', '?')} "
-                              f"tasks written from {counts.get('task_json_files', '?')} task files ({source}).")
-        if "scoring" in steps:
-            source = ["--data-dir", str(data_dir)] if "data" in steps else []
-            command = [sys.executable, "benchmarks/scoring.py", *source, "--repeats", str(args.repeats),
-                       "--threads", str(args.threads), "--json", "docs/scoring.json"]
-            output, seconds = run(command, "scoring")
-            commands.append((shown(command, placeholders), seconds))
-            report = json.loads((ROOT / "docs" / "scoring.json").read_text())
-            blocks["scoring"] = (f"`{shown(command, placeholders)}` ({seconds:.0f} s wall; model {report['model']}, "
-                                 f"float32, {report['torch_threads']} torch thread(s), batch size "
-                                 f"{report['batch_size']} for ours and lm-eval, lm-eval {report['lm_eval']}, median "
-                                 f"of {report['repeats']} interleaved rounds):\n\n{output.strip()}")
-        if "cost" in steps:
-            command = [sys.executable, "benchmarks/cost.py", "--steps", str(args.cost_steps), "--json",
-                       "docs/cost.json"]
-            threads = {"OMP_NUM_THREADS": str(args.threads)}
-            output, seconds = run(command, "cost", env=threads)
-            shown_command = f"OMP_NUM_THREADS={args.threads} {shown(command, placeholders)}"
-            commands.append((shown_command, seconds))
-            blocks["cost"] = f"`{shown_command}` ({seconds:.0f} s wall):\n\n{output.strip()}"
+                cached = (Path(cache_dir()) / "downloads" / ARCHIVE_NAME).is_file()
+                script = Path(sys.executable).parent / "maml-en-llm"
+                command = [str(script)] if script.is_file() else [sys.executable, "-m", "maml_en_llm"]
+                command += ["data", "bigbench", "--out", str(data_dir)]
+                placeholders[shlex.join(command[:1])] = "maml-en-llm"
+            elif step == "scoring":  # on the collection just built, else on the cached one
+                source = ["--data-dir", str(data_dir)] if (data_dir / "MANIFEST.json").is_file() else []
+                command = [sys.executable, "benchmarks/scoring.py", *source, "--repeats", str(args.repeats),
+                           "--threads", str(args.threads), "--json", "docs/scoring.json"]
+            else:
+                command = [sys.executable, "benchmarks/cost.py", "--steps", str(args.cost_steps), "--json",
+                           "docs/cost.json"]
+                env, prefix = {"OMP_NUM_THREADS": str(args.threads)}, f"OMP_NUM_THREADS={args.threads} "
+            text = prefix + shown(command, placeholders)
+            try:
+                output, seconds = run(command, step, env)
+            except StepFailed as failure:
+                failed.append(step)
+                rows.append((step, text, f"{failure}"))
+                blocks[step] = f"`{text}`: **{failure}**; see its output on the terminal. No figures from this run."
+                continue
+            rows.append((step, text, f"{seconds:.0f}"))
+            if step == "data":
+                counts = json.loads((data_dir / "MANIFEST.json").read_text()).get("counts", {})
+                source = ("the 358 MB sdist was already in the download cache, so this is reading and converting it"
+                          if cached else "this includes downloading the 358 MB sdist from PyPI into the cache")
+                blocks[step] = (f"`{text}`: **{seconds:.0f} s** wall; {counts.get('tasks', '?')} tasks written from "
+                                f"{counts.get('task_json_files', '?')} task files ({source}).")
+            elif step == "scoring":
+                report = json.loads((ROOT / "docs" / "scoring.json").read_text())
+                blocks[step] = (f"`{text}` ({seconds:.0f} s wall; model {report['model']}, float32, "
+                                f"{report['torch_threads']} torch thread(s), batch size {report['batch_size']} for "
+                                f"ours and lm-eval, lm-eval {report['lm_eval']}, median of {report['repeats']} "
+                                f"interleaved rounds):\n\n{output.strip()}")
+            else:
+                blocks[step] = f"`{text}` ({seconds:.0f} s wall):\n\n{output.strip()}"
 
     total = time.perf_counter() - started
-    info = machine()
     gpu = info["gpu"] or "no GPU"
     lines = [f"Last `make bench` run: {info['cpu']}, {info['cpu_count']} cores, {info['memory_gib']} GiB RAM, {gpu}; "
              f"Python {info['python']}, torch {info['torch']}, transformers {info['transformers']}, "
-             f"lm-eval {info['lm_eval']}; commit `{info['git_commit']}`. Steps run: {', '.join(steps)}; "
+             f"lm-eval {info['lm_eval']}; commit `{info['git_commit']}` at the start. Steps run: {', '.join(steps)}; "
              f"**{total:.0f} s** wall in all (`python benchmarks/bench.py`, without the set-up `make` does first).",
              "", "| step | command | wall s |", "|---|---|---|"]
-    lines += [f"| {label} | `{command}` | {seconds:.0f} |" for label, (command, seconds) in zip(steps, commands)]
+    lines += [f"| {step} | `{text}` | {seconds} |" for step, text, seconds in rows]
     blocks["run"] = "\n".join(lines)
     document = args.doc.read_text() if args.doc.exists() else "# Benchmarks\n"
     for name, body in blocks.items():
         document = replace_block(document, name, body)
     args.doc.write_text(document)
-    print(f"wrote {args.doc.relative_to(ROOT)} ({', '.join(blocks)}) in {total:.0f} s", file=sys.stderr)
+    print(f"wrote {args.doc} ({', '.join(blocks)}) in {total:.0f} s", file=sys.stderr)
+    if failed:
+        raise SystemExit(f"failed steps: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
