@@ -13,8 +13,9 @@ Used for two things:
   to read its demonstrations instead of relying on what the label words mean.
 
 Symbols apply only where every example involved shares one option list of at most 20 labels (a classification
-task's label set); an instance of a multi-choice task whose options differ per example is left with its gold labels, since a mapping
-learnt from the demonstrations would say nothing about the test example's different options.
+task's label set); an instance of a multi-choice task whose options differ per example is left with its gold
+labels, since a mapping learnt from the demonstrations would say nothing about the test example's different
+options.
 """
 
 from __future__ import annotations
