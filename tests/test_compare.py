@@ -117,7 +117,7 @@ def test_rerun_reuses_runs_and_evaluations(first_run, tmp_path, tiny_model_dir, 
     assert calls == {"train": [], "evaluate": []}
     assert "| maml | 2 |" in capsys.readouterr().out
 
-    metaicl_eval = next((out / "evals").glob("metaicl-*.json"))
+    metaicl_eval = next((out / "evals").glob("metaicl-*-icl-*.json"))
     metaicl_eval.unlink()
     assert main(args) == 0
     assert calls["train"] == [] and len(calls["evaluate"]) == 1 and "metaicl-" in calls["evaluate"][0]
@@ -125,7 +125,8 @@ def test_rerun_reuses_runs_and_evaluations(first_run, tmp_path, tiny_model_dir, 
 
     runs_before = {p.name for p in (out / "runs").iterdir()}
     assert main([*args, "inner_steps=2"]) == 0  # a changed recipe field: new runs for both trained methods
-    assert calls["train"] == ["metaicl", "maml"] and len(calls["evaluate"]) == 3
+    # two new models, each evaluated in context and zero-shot (the default diagnostic)
+    assert calls["train"] == ["metaicl", "maml"] and len(calls["evaluate"]) == 1 + 2 * 2
     new_runs = {p.name for p in (out / "runs").iterdir()} - runs_before
     assert len(new_runs) == 2 and {name.split("-")[0] for name in new_runs} == {"metaicl", "maml"}
 
@@ -250,3 +251,31 @@ def test_seconds_budget_trains_each_method_for_budget_over_its_timed_step(tmp_pa
 def test_bad_budgets_are_one_line_errors(tmp_path, tiny_model_dir, data_dir, capsys, budget, message):
     assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", budget=budget)) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):
+    """Every row is also evaluated zero-shot, with random demonstration labels and with symbol labels; the ICL
+    gain is the cell-by-cell difference of in-context and zero-shot; validation curves reach the report."""
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--diagnostics", "zero-shot,random,symbols",
+                             methods="none,metaicl", budget=("--steps", "2"))
+                + ["eval_every=1", "eval_max_test=2"]) == 0
+    report = json.loads((out / "compare.json").read_text())
+    for row in report["rows"]:
+        blocks = row["eval"]
+        assert {"icl", "zero_shot", "icl_gain", "random", "symbols"} <= set(blocks)
+        for task, entry in blocks["icl_gain"]["tasks"].items():
+            for seed, gain in entry["per_seed"].items():
+                expected = blocks["icl"]["tasks"][task]["per_seed"][seed] - blocks["zero_shot"]["tasks"][task]["per_seed"][seed]
+                assert gain == pytest.approx(expected)
+        assert blocks["symbols"]["applied"] == {"cls_c": True, "cls_d": True}
+    trained = next(row for row in report["rows"] if row["method"] == "metaicl")
+    assert [point["step"] for point in trained["validation"]] == [0, 1, 2]
+    assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
+    markdown = (out / "compare.md").read_text()
+    assert "all ICL gain" in markdown and "all random-label ICL" in markdown and "all symbol ICL" in markdown
+
+
+def test_unknown_diagnostic_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, capsys):
+    assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--diagnostics", "zero-shot,tea")) == 2
+    assert "--diagnostics: unknown 'tea'" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -255,3 +255,38 @@ def test_cli_format_bos_and_scoring_counts(tiny_model_dir, tiny_data_dir, tmp_pa
     other = tmp_path / "other"
     assert main(eval_args(tiny_model_dir, tiny_data_dir, other, "--bos", "yes")) == 2  # the tokenizer has no BOS
     assert not (other / "results.json").exists()
+
+
+def test_demo_label_diagnostics_relabel_demonstrations_and_for_symbols_the_test_too(tiny_data_dir):
+    from maml_en_llm.evaluate import load_eval_data, with_demo_labels
+    from maml_en_llm.labels import SYMBOLS
+
+    data = load_eval_data(tiny_data_dir, "tiny", 8, [100, 13], max_test=5)
+    same, applied = with_demo_labels(data, "gold")
+    assert same is data and all(applied.values())
+    rand, _ = with_demo_labels(data, "random")
+    assert rand == with_demo_labels(data, "random")[0]  # fixed by (seed, task)
+    changed = 0
+    for before, after in zip(data.cells, rand.cells):
+        assert after.test == before.test and [d.input for d in after.demonstrations] == [d.input for d in before.demonstrations]
+        assert all(d.output in d.options for d in after.demonstrations)
+        changed += sum(a.output != b.output for a, b in zip(after.demonstrations, before.demonstrations))
+    assert changed > 0
+    symbols, applied = with_demo_labels(data, "symbols")
+    for before, after in zip(data.cells, symbols.cells):
+        assert [e.input for e in after.test] == [e.input for e in before.test]
+        assert all(e.output in SYMBOLS and set(e.options) <= set(SYMBOLS) for e in after.test + after.demonstrations)
+    assert applied == {"cls_c": True, "cls_d": True}
+
+
+def test_eval_demo_labels_flag_writes_the_mode_and_where_it_applied(tmp_path, tiny_model_dir, tiny_data_dir):
+    split = tmp_path / "mc.json"
+    split.write_text(json.dumps({"train": [], "test": ["cls_c", "mc_pick"]}))
+    for mode in ("random", "symbols"):
+        out = tmp_path / mode
+        assert main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--split", str(split),
+                     "--k", "2", "--seeds", "100", "--max-test", "3", "--demo-labels", mode, "--out", str(out)]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["demo_labels"] == mode
+        # per-example options (mc_pick) have no shared label set to rename: they keep gold labels
+        assert results["demo_labels_applied"] == {"cls_c": True, "mc_pick": mode == "random"}

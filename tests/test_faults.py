@@ -328,7 +328,7 @@ COMPARE_RECIPE = ["tasks_per_step=2", "support_size=1", "query_size=1", "lr=1e-3
 def compare_argv(model_dir, data_dir, out):
     return ["compare", "--split", "tiny", "--data-dir", str(data_dir), "--model", str(model_dir), "--methods",
             "none,metaicl,maml", "--steps", "4", "--k", "1", "--seeds", "100,13", "--max-test", "4", "--out", str(out),
-            *COMPARE_RECIPE]
+            "--diagnostics", "none", *COMPARE_RECIPE]
 
 
 def tables(out: Path) -> tuple[str, dict]:

@@ -45,6 +45,9 @@ def test_symbols_leave_examples_with_different_options_alone():
     demos, targets, mapping = symbolize([a], [b], np.random.default_rng(0))
     assert mapping is None and demos == [a] and targets == [b]
     assert shared_options([a, b]) is None and shared_options([a, a]) == ("x", "y")
+    many = tuple(f"label{i}" for i in range(len(SYMBOLS) + 1))  # more labels than symbols: gold labels stay
+    wide = [Example("t", f"q{i}", many[i], many) for i in range(3)]
+    assert shared_options(wide) is None and symbolize(wide[:2], wide[2:], np.random.default_rng(0))[2] is None
 
 
 def _episode(tokenizer, mode, step):

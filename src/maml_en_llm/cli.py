@@ -102,6 +102,16 @@ def _add_eval_args(p: argparse.ArgumentParser, k_default: int | None = 16) -> No
                    help="also fine-tune a copy on each seed's k demonstrations for N steps, then evaluate (default 0)")
     p.add_argument("--adapt-lr", type=float, default=1e-5, help="learning rate of adaptation (default 1e-5)")
     p.add_argument("--adapt-optimizer", default="adam", choices=["sgd", "adam"], help="adaptation optimizer")
+    if k_default is not None:  # eval
+        p.add_argument("--demo-labels", default="gold", choices=["gold", "random", "symbols"],
+                       help="diagnostics: gold labels (default); random labels in the demonstrations; or the labels "
+                            "renamed to arbitrary words in demonstrations and test examples (does the model read "
+                            "them?)")
+    else:  # compare
+        p.add_argument("--diagnostics", type=_str_list, default=["zero-shot"],
+                       help="extra evaluations of every row: zero-shot (k=0, for the ICL gain), random (random "
+                            "demonstration labels), symbols (arbitrary label words); comma-separated, 'none' for "
+                            "none (default zero-shot)")
 
 
 def _add_data_commands(commands) -> None:

@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,18 +27,14 @@ import yaml
 from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
-from .metrics import mean_ci95, paired_test, result_cells
+from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
+                             plot_curves)
 from .paths import atomic_write_text, check_output, default_data_dir
 from .provenance import provenance
 from .tasks import Split
 from .train import load_training_tasks, train
 
-BASE = "none"  # the base model, evaluated without training
-SCHEMA = 1  # bump when a cached evaluation's content changes meaning
-SUBSETS = ("all", "unseen_domain")
-BLOCKS = ("icl", "adapted")
-SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
-BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted"}
+SCHEMA = 2  # bump when a cached evaluation's content changes meaning
 # Recipe fields that compare's own flags set for every method, so a key=value would silently split train and eval.
 SET_BY_FLAGS = {"method": "--methods", "k": "--k (it sets the training and the evaluation k)",
                 "prompt": "--prompt (it sets the training and the evaluation direction)"}
@@ -54,8 +49,7 @@ class Row:
     config: TrainConfig | None = None
     sweep_value: str | None = None
     run_name: str | None = None  # "<method>-<hash8>"
-    eval_name: str | None = None  # "<label>-<hash8>"
-    eval_key: dict | None = None
+    evals: dict = dataclasses.field(default_factory=dict)  # variant -> (cache key, file name): icl + diagnostics
 
 
 @dataclass
@@ -183,6 +177,18 @@ def parse_budget(args) -> tuple[str, int | float] | None:
     return kind, value
 
 
+DIAGNOSTICS = ("zero_shot", "random", "symbols")
+
+
+def parse_diagnostics(names: list[str]) -> list[str]:
+    """--diagnostics zero-shot,random,symbols (or none) -> the extra evaluations of every row."""
+    chosen = [name.replace("-", "_") for name in names if name != "none"]
+    unknown = [name for name in chosen if name not in DIAGNOSTICS]
+    if unknown:
+        raise UserError(f"--diagnostics: unknown {unknown[0]!r}; choose from zero-shot, random, symbols, or none")
+    return list(dict.fromkeys(chosen))
+
+
 def plan_compare(args, command_line: str) -> Plan:
     """Resolve and check every input (methods, sweep, budget, recipe, data, eval settings); write nothing."""
     methods = parse_methods(args.methods)
@@ -257,11 +263,17 @@ def plan_compare(args, command_line: str) -> Plan:
                      "batch_size": args.batch_size, "adapt_steps": args.adapt_steps,
                      "adapt_lr": args.adapt_lr if args.adapt_steps else None,
                      "adapt_optimizer": args.adapt_optimizer if args.adapt_steps else None, "dtype": args.dtype}
+    eval_settings["diagnostics"] = parse_diagnostics(getattr(args, "diagnostics", ["none"]))
     for row in rows:
-        row.eval_key = {"schema": SCHEMA, "model": row.run_name or model_id, "data_dir": str(data_dir),
-                        "split": {"name": split.name, "test": list(split.test),
-                                  "unseen_domain_test": list(split.unseen_domain_test)}, **eval_settings}
-        row.eval_name = f"{row.run_name or BASE}-{_digest(row.eval_key)}"
+        base = {"schema": SCHEMA, "model": row.run_name or model_id, "data_dir": str(data_dir),
+                "split": {"name": split.name, "test": list(split.test),
+                          "unseen_domain_test": list(split.unseen_domain_test)},
+                **{k: v for k, v in eval_settings.items() if k != "diagnostics"}, "demo_labels": "gold"}
+        keys = {"icl": base}
+        no_adapt = {"adapt_steps": 0, "adapt_lr": None, "adapt_optimizer": None}
+        for variant in eval_settings["diagnostics"]:
+            keys[variant] = {**base, **no_adapt, **({"k": 0} if variant == "zero_shot" else {"demo_labels": variant})}
+        row.evals = {variant: (key, f"{row.run_name or BASE}-{variant}-{_digest(key)}") for variant, key in keys.items()}
 
     kind = budget_given[0] if budget_given else "steps"
     if kind == "tokens":
@@ -337,215 +349,45 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
             "probe_seconds_per_step": json.loads(probe.read_text())["median"] if probe.exists() else None}
 
 
-def evaluate_row(plan: Plan, row: Row, position: str) -> dict:
-    """The row's cached evaluation, or evaluate (in context and, with --adapt-steps, adapted) and cache it."""
-    path = plan.out / "evals" / f"{row.eval_name}.json"
+def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
+    """One of the row's evaluations (`icl`: in context and, with --adapt-steps, adapted; or a diagnostic), from
+    its cache or computed and cached."""
+    key, name = row.evals[variant]
+    path = plan.out / "evals" / f"{name}.json"
+    label = row.label if variant == "icl" else f"{row.label} ({variant.replace('_', '-')})"
     if path.exists():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("key") == row.eval_key:
-                print(f"== evaluating {row.label} ({position}): cached in {path}", flush=True)
+            if cached.get("key") == key:
+                print(f"== evaluating {label} ({position}): cached in {path}", flush=True)
                 return cached
         except ValueError:
             pass  # unreadable: evaluate again
     from .models import load_model_and_tokenizer, pick_device
 
     source = str(plan.out / "runs" / row.run_name / "final") if row.run_name else plan.model
-    print(f"== evaluating {row.label} ({position}): {source}", flush=True)
+    print(f"== evaluating {label} ({position}): {source}", flush=True)
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(source, dtype=plan.dtype, device=pick_device(plan.device))
     model.eval()
-    s = plan.eval_settings
-    result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=s["k"], seeds=s["seeds"],
-                            method=s["prompt"], max_test=s["max_test"], batch_size=s["batch_size"],
-                            adapt_steps=s["adapt_steps"], adapt_lr=s["adapt_lr"] or 1e-5,
-                            adapt_optimizer=s["adapt_optimizer"] or "adam")
+    result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=key["k"],
+                            seeds=key["seeds"], method=key["prompt"], max_test=key["max_test"],
+                            batch_size=key["batch_size"], adapt_steps=key["adapt_steps"],
+                            adapt_lr=key["adapt_lr"] or 1e-5, adapt_optimizer=key["adapt_optimizer"] or "adam",
+                            demo_labels=key["demo_labels"])
     del model
-    cached = {"key": row.eval_key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
+    cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
               "result": result}
     atomic_write_text(path, json.dumps(_clean(cached), indent=1) + "\n")
     return cached
 
 
-# ---------------------------------------------------------------- statistics (pure)
-
-
-def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | None:
-    """"mean (worst)" over seeds of the task-average, and the 95% CI over the task x seed cells."""
-    if not tasks:
-        return None
-    per_seed = {str(s): sum(block["tasks"][t]["per_seed"][str(s)] for t in tasks) / len(tasks) for s in seeds}
-    cells = [block["tasks"][t]["per_seed"][str(s)] for t in tasks for s in seeds]
-    mean, low, high = mean_ci95(cells)
-    return {"mean": sum(per_seed.values()) / len(per_seed), "worst": min(per_seed.values()),
-            "per_seed_average": per_seed, "ci95": [low, high], "n_cells": len(cells), "n_tasks": len(tasks)}
-
-
-def _cells(block: dict, tasks: list[str]) -> dict:
-    return {cell: value for cell, value in result_cells(block).items() if cell[0] in tasks}
-
-
-def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
-    """Paired tests over task x seed cells. Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
-    method) against every other row, MetaICL first (the headline); with a sweep: every value against the first."""
-    by_label = {row["label"]: row for row in rows}
-    if sweep:
-        trained = [row["label"] for row in rows if row["method"] != BASE]
-        pairs = [(label, trained[0]) for label in trained[1:]]
-        headline = None
-    else:
-        labels = list(by_label)
-        reference = next((m for m in ("maml", "fomaml") if m in by_label),
-                         next((m for m in labels if m != BASE), None))
-        others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
-        pairs = [(reference, other) for other in others] if reference else []
-        headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in by_label else None
-    tasks = {"all": list(split.test), "unseen_domain": list(split.unseen_domain_test)}
-    tests, headline_test = [], None
-    for a, b in pairs:
-        for block in BLOCKS:
-            if by_label[a].get(block) is None or by_label[b].get(block) is None:
-                continue
-            for subset in SUBSETS:
-                if not tasks[subset]:
-                    continue
-                result = paired_test(_cells(by_label[a]["eval"][block], tasks[subset]),
-                                     _cells(by_label[b]["eval"][block], tasks[subset]))
-                p = result["p_value_t"]
-                test = {"a": a, "b": b, "block": block, "subset": subset, **result,
-                        "significant_at_0.05": bool(p < 0.05) if math.isfinite(p) else None}
-                tests.append(test)
-                if (a, b) == headline and block == "icl" and subset == "all":
-                    headline_test = test
-    return tests, headline_test
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def _cell_text(summary: dict | None) -> str:
-    return "-" if summary is None else f"{summary['mean']:.1f} ({summary['worst']:.1f})"
-
-
-def _ci_text(summary: dict | None) -> str:
-    if summary is None:
-        return "-"
-    low, high = summary["ci95"]
-    return "-" if low is None or not math.isfinite(low) else f"[{low:.1f}, {high:.1f}]"
-
-
-def _test_text(test: dict) -> str:
-    low, high = test["ci95"]
-    ci = "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]"
-    p_t, p_w = test["p_value_t"], test["p_value_wilcoxon"]
-    verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
-               "significant at 0.05" if test["significant_at_0.05"] else "not significant at 0.05")
-    fmt = lambda p: "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"  # noqa: E731
-    return (f"{test['a']} - {test['b']} ({BLOCK_TITLES[test['block']]}, {SUBSET_TITLES[test['subset']]}): "
-            f"mean diff {test['mean_diff']:+.2f}, 95% CI {ci}, paired t p={fmt(p_t)}, Wilcoxon p={fmt(p_w)}, "
-            f"n={test['n']} cells: {verdict}")
-
-
-def format_markdown(report: dict) -> str:
-    blocks = [b for b in BLOCKS if any(row.get(b) for row in report["rows"])]
-    columns = [(b, s) for b in blocks for s in SUBSETS]
-    first = report["sweep"]["field"] if report["sweep"] else "method"
-    budget = report["budget"]
-    budget_line = {"tokens": f"equal training tokens: {budget.get('tokens')} per method (meta-steps derived per "
-                             "method)",
-                   "seconds": f"equal wall-clock: {budget.get('seconds'):g} s of meta-steps per method (meta-steps "
-                              "derived from each method's timed seconds per step)" if budget.get("seconds") else "",
-                   "steps": f"equal meta-steps: {budget.get('steps')} per method (from {budget['source']})"
-                   }[budget["equalised"]]
-    s = report["eval"]
-    lines = [f"# compare: {report['model']} on {report['split']['name']}", "",
-             f"- budget: {budget_line}",
-             f"- evaluation: k={s['k']}, {s['prompt']}, seeds {', '.join(map(str, s['seeds']))}, "
-             f"max test {s['max_test'] or 'all'}" + (f", adapted: {s['adapt_steps']} steps {s['adapt_optimizer']} "
-                                                     f"lr {s['adapt_lr']:g}" if s["adapt_steps"] else ""),
-             f"- test tasks: {len(report['split']['test'])} ({len(report['split']['unseen_domain_test'])} unseen "
-             "domain); cell = mean (worst) over seeds of the task-average, in percent", "",
-             "| " + " | ".join([first, "steps", "tokens", "train s"]
-                               + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
-             "|" + "---|" * (4 + len(columns))]
-    for row in report["rows"]:
-        train = row.get("train") or {}
-        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
-        seconds = train.get("wall_seconds") or train.get("step_seconds")
-        lines.append("| " + " | ".join([name, str(train.get("steps", 0)), str(train.get("tokens", 0)),
-                                        f"{seconds:.0f}" if seconds else "-"]
-                                       + [_cell_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
-    lines += ["", "95% confidence intervals of the mean over task x seed cells:", "",
-              "| " + " | ".join([first] + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
-              "|" + "---|" * (1 + len(columns))]
-    for row in report["rows"]:
-        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
-        lines.append("| " + " | ".join([name] + [_ci_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
-    tests = [t for t in report["paired_tests"] if t["subset"] == "all" or t["n"] >= 2]
-    if tests:
-        lines += ["", "Paired tests over task x seed cells (difference a - b):", ""]
-        lines += [f"- {_test_text(t)}" for t in tests]
-    if report["headline"]:
-        lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
-    return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> None:
-    """compare.png: bars per method (all / unseen domain) with 95% CI error bars, ICL and adapted side by side;
-    with a sweep, the metric over the field's values with CI bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = report["rows"]
-    blocks = [b for b in BLOCKS if any(row.get(b) for row in rows)]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(6.5 * len(blocks), 4.2), squeeze=False)
-    for ax, block in zip(axes[0], blocks):
-        if report["sweep"]:
-            swept = [row for row in rows if row["method"] != BASE]
-            xs = list(range(len(swept)))
-            for subset, style in zip(SUBSETS, ("-o", "--s")):
-                summaries = [(row.get(block) or {}).get(subset) for row in swept]
-                if any(s is None for s in summaries):
-                    continue
-                means = [s["mean"] for s in summaries]
-                lows = [s["ci95"][0] if s["ci95"][0] is not None else s["mean"] for s in summaries]
-                highs = [s["ci95"][1] if s["ci95"][1] is not None else s["mean"] for s in summaries]
-                line, = ax.plot(xs, means, style, label=SUBSET_TITLES[subset])
-                ax.fill_between(xs, lows, highs, alpha=0.2, color=line.get_color())
-                base = next((row for row in rows if row["method"] == BASE), None)
-                if base and (base.get(block) or {}).get(subset):
-                    ax.axhline(base[block][subset]["mean"], color=line.get_color(), linestyle=":", linewidth=1,
-                               label=f"base model ({SUBSET_TITLES[subset]})")
-            ax.set_xticks(xs, [row["sweep_value"] for row in swept])
-            ax.set_xlabel(f"{report['sweep']['field']} ({swept[0]['method']})")
-        else:
-            width = 0.8 / max(len(rows), 1)
-            for i, row in enumerate(rows):
-                means, errors, xs = [], [[], []], []
-                for j, subset in enumerate(SUBSETS):
-                    summary = (row.get(block) or {}).get(subset)
-                    if summary is None:
-                        continue
-                    low, high = summary["ci95"]
-                    xs.append(j - 0.4 + width * (i + 0.5))
-                    means.append(summary["mean"])
-                    errors[0].append(summary["mean"] - low if low is not None else 0.0)
-                    errors[1].append(high - summary["mean"] if high is not None else 0.0)
-                ax.bar(xs, means, width, yerr=errors, capsize=3, label=row["label"])
-            ax.set_xticks(range(len(SUBSETS)), [SUBSET_TITLES[s] for s in SUBSETS])
-        ax.set_title(f"{BLOCK_TITLES[block]} (k={report['eval']['k']}), 95% CI over task x seed cells")
-        ax.set_ylabel("Macro-F1 / accuracy (%)")
-        ax.set_ylim(bottom=0)  # a t-interval can reach below 0; the metric cannot
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{report['model']} on {report['split']['name']}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+def _validation_curve(plan: Plan, row: Row) -> list[dict]:
+    path = plan.out / "runs" / row.run_name / "validation.jsonl" if row.run_name else None
+    if path is None or not path.exists():
+        return []
+    keep = ("step", "total_tokens", "icl", "zero_shot", "icl_gain")
+    return [{k: json.loads(line)[k] for k in keep} for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- the command
@@ -564,23 +406,31 @@ def run_compare(args, command_line: str) -> dict:
     for n, row in enumerate(trained, start=1):
         train_info[row.label] = train_row(plan, row, f"{n}/{len(trained)}")
     evals = {}
-    for n, row in enumerate(plan.rows, start=1):
-        evals[row.label] = evaluate_row(plan, row, f"{n}/{len(plan.rows)}")
+    jobs = [(row, variant) for variant in ("icl", *plan.eval_settings["diagnostics"]) for row in plan.rows]
+    for n, (row, variant) in enumerate(jobs, start=1):
+        evals[row.label, variant] = evaluate_row(plan, row, variant, f"{n}/{len(jobs)}")
 
     print("== tabulating", flush=True)
     seeds = plan.eval_settings["seeds"]
     subsets = {"all": list(plan.split.test), "unseen_domain": list(plan.split.unseen_domain_test)}
     rows = []
     for row in plan.rows:
-        result = evals[row.label]["result"]
+        result = evals[row.label, "icl"]["result"]
         entry = {"label": row.label, "method": row.method, "sweep_value": row.sweep_value,
                  "recipe": row.config.to_dict() if row.config else None,
                  "train": train_info.get(row.label, {"steps": 0, "tokens": 0}),
-                 "eval_file": str(Path("evals") / f"{row.eval_name}.json"),
-                 "eval_wall_seconds": evals[row.label]["wall_seconds"],
-                 "eval": {"icl": {"tasks": result["tasks"], "average": result["average"]}}}
+                 "eval_files": {variant: str(Path("evals") / f"{name}.json") for variant, (_, name) in row.evals.items()},
+                 "eval_wall_seconds": sum(evals[row.label, v]["wall_seconds"] for v in row.evals),
+                 "eval": {"icl": {"tasks": result["tasks"], "average": result["average"]}},
+                 "validation": _validation_curve(plan, row)}
         if "adapted" in result:
             entry["eval"]["adapted"] = result["adapted"]
+        for variant in plan.eval_settings["diagnostics"]:
+            diagnostic = evals[row.label, variant]["result"]
+            entry["eval"][variant] = {"tasks": diagnostic["tasks"], "average": diagnostic["average"],
+                                      "applied": diagnostic.get("demo_labels_applied")}
+        if "zero_shot" in entry["eval"]:
+            entry["eval"]["icl_gain"] = difference_block(entry["eval"]["icl"], entry["eval"]["zero_shot"])
         for block in BLOCKS:
             entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds)
                              for subset, tasks in subsets.items()} if block in entry["eval"] else None)
@@ -606,6 +456,8 @@ def run_compare(args, command_line: str) -> dict:
     atomic_write_text(plan.out / "compare.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(plan.out / "compare.md", markdown)
     plot(report, plan.out / "compare.png")
+    if any(entry["validation"] for entry in rows):
+        plot_curves(report, plan.out / "curves.png")
     print()
     print(markdown)
     print(f"plot: {plan.out / 'compare.png'}")

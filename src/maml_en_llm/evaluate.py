@@ -18,15 +18,18 @@ import os
 import platform
 import sys
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, demonstration_loss
 from .errors import UserError
+from .labels import LABEL_MODES, random_labels, symbolize
 from .metrics import metric_name, summarize, task_metric
 from .paths import atomic_write_text, check_output, default_data_dir
 from .prompts import BOS_CHOICES, FORMATS, PromptFormat, default_format, encode_prefix, make_tokenize, prompt_format
@@ -136,6 +139,28 @@ def _cell_metric(model, tokenizer, tokenize, cell: EvalCell, k: int, fmt: Prompt
     return task_metric(task_type, predictions, [example.output for example in cell.test])
 
 
+def with_demo_labels(data: EvalData, mode: str) -> tuple[EvalData, dict[str, bool]]:
+    """The evaluation data with its demonstrations relabelled (labels.py): "gold" unchanged, "random" labels in
+    the demonstrations, "symbols" renaming labels in demonstrations and test examples alike. Draws are fixed by
+    (seed, task). Returns the data and, per task, whether the transform applied (symbols need one shared label
+    set, so a multi-choice task keeps its gold labels)."""
+    if mode not in LABEL_MODES:
+        raise UserError(f"--demo-labels must be one of {list(LABEL_MODES)}, got {mode!r}")
+    if mode == "gold":
+        return data, {task: True for task in data.tasks}
+    cells, applied = [], {}
+    for cell in data.cells:
+        rng = np.random.default_rng([cell.seed, zlib.crc32(cell.task.encode())])
+        if mode == "random":
+            cells.append(replace(cell, demonstrations=random_labels(cell.demonstrations, rng)))
+            applied[cell.task] = True
+        else:
+            demos, test, mapping = symbolize(cell.demonstrations, cell.test, rng)
+            cells.append(replace(cell, demonstrations=demos, test=test))
+            applied[cell.task] = applied.get(cell.task, True) and mapping is not None
+    return replace(data, cells=cells), applied
+
+
 def _block(data: EvalData, per_seed: dict[str, dict[int, float]]) -> dict:
     """{"tasks": {task: {...}}, "average": {...}} for one model's per-seed values."""
     n_test = {}
@@ -173,9 +198,11 @@ def resolve_format(model: torch.nn.Module, requested: str = "auto") -> str:
 
 def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: str = "direct", batch_size: int = 16,
                   adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
-                  format: str = "auto", bos: str = "auto", progress: bool = True) -> dict:
+                  format: str = "auto", bos: str = "auto", demo_labels: str = "gold",
+                  progress: bool = True) -> dict:
     """Evaluate on already loaded data (see `evaluate_model`)."""
     check_eval_settings(data.k, batch_size, adapt_steps, adapt_lr, adapt_optimizer, format, bos)
+    data, relabelled = with_demo_labels(data, demo_labels)
     fmt = prompt_format(tokenizer, method, format=resolve_format(model, format), bos=bos)
     tokenize = make_tokenize(tokenizer)
     in_context: dict[str, dict[int, float]] = {task: {} for task in data.tasks}
@@ -207,7 +234,8 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
         "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
         "split": data.split.name, "split_file": data.split.source, "data_dir": str(data.data_dir),
         "k": data.k, "method": method, "format": fmt.name, "bos": fmt.bos_id is not None, "seeds": list(data.seeds),
-        "max_test": data.max_test, "batch_size": batch_size,
+        "max_test": data.max_test, "batch_size": batch_size, "demo_labels": demo_labels,
+        "demo_labels_applied": {task: relabelled[task] for task in data.tasks},
         **_block(data, in_context),
         "scoring": {"sequences": stats.get("sequences", 0), "tokens": stats.get("tokens", 0),
                     "tokens_processed": stats.get("tokens_processed", 0),
@@ -229,7 +257,8 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
 def evaluate_model(model: torch.nn.Module, tokenizer, *, data_dir, split, k: int, seeds: Sequence[int],
                    method: str = "direct", max_test: int | None = None, tasks: Sequence[str] | None = None,
                    batch_size: int = 16, adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
-                   format: str = "auto", bos: str = "auto", progress: bool = True) -> dict:
+                   format: str = "auto", bos: str = "auto", demo_labels: str = "gold",
+                   progress: bool = True) -> dict:
     """In-context (and, with adapt_steps > 0, adapted) results of an in-memory model: the `results.json`
     structure without command, hardware and wall time. The model's weights are left as they were.
 
@@ -238,7 +267,7 @@ def evaluate_model(model: torch.nn.Module, tokenizer, *, data_dir, split, k: int
     data = load_eval_data(data_dir, split, k, seeds, max_test, tasks)
     return evaluate_data(model, tokenizer, data, method=method, batch_size=batch_size, adapt_steps=adapt_steps,
                          adapt_lr=adapt_lr, adapt_optimizer=adapt_optimizer, format=format, bos=bos,
-                         progress=progress)
+                         demo_labels=demo_labels, progress=progress)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -312,7 +341,8 @@ def run_eval(args, command_line: str) -> None:
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
     results = evaluate_data(model, tokenizer, data, method=args.prompt, batch_size=args.batch_size,
                             adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr,
-                            adapt_optimizer=args.adapt_optimizer, format=args.format, bos=args.bos, progress=True)
+                            adapt_optimizer=args.adapt_optimizer, format=args.format, bos=args.bos,
+                            demo_labels=args.demo_labels, progress=True)
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["command"] = command_line

@@ -12,9 +12,10 @@ Used for two things:
   instance (random) or to whole instances (symbols, one mapping per task and meta-step), which forces the model
   to read its demonstrations instead of relying on what the label words mean.
 
-Symbols apply only where every example involved shares one option list (a classification task's label set); an
-instance of a multi-choice task whose options differ per example is left with its gold labels, since a mapping
-learnt from the demonstrations would say nothing about the test example's different options.
+Symbols apply only where every example involved shares one option list of at most 20 labels (a classification
+task's label set); an instance of a multi-choice task whose options differ per example is left with its gold
+labels, since a mapping learnt from the demonstrations would say nothing about the test example's different
+options.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ SYMBOLS = ("apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "candl
 
 
 def shared_options(examples: Sequence[Example]) -> tuple[str, ...] | None:
-    """The option list all examples share, or None (different options, or free-form examples)."""
+    """The option list all examples share, or None (different options, free-form examples, or more labels than
+    there are symbols: such a task keeps its gold labels)."""
     options = {example.options for example in examples}
     if len(options) != 1:
         return None
     (only,) = options
-    return only if len(only) >= 2 else None
+    return only if 2 <= len(only) <= len(SYMBOLS) else None
 
 
 def random_labels(demonstrations: Sequence[Example], rng: np.random.Generator) -> list[Example]:

@@ -1,0 +1,271 @@
+"""What `compare` reports: per-row summaries with 95% CIs, paired tests with the smallest detectable difference,
+the Markdown table and the plots. Pure functions over the report dict (plots write PNG files).
+
+Blocks (the evaluations of a row): `icl` (k-shot in context), `adapted` (after --adapt-steps), `zero_shot` (k=0),
+`icl_gain` (icl - zero_shot, cell by cell), `random` (random demonstration labels) and `symbols` (label words
+renamed to arbitrary words). Subsets: all test tasks, and the split's unseen-domain tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from .metrics import mean_ci95, paired_test, result_cells
+from .tasks import Split
+
+BASE = "none"  # the base model, evaluated without training
+SUBSETS = ("all", "unseen_domain")
+BLOCKS = ("icl", "adapted", "zero_shot", "icl_gain", "random", "symbols")
+SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
+BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted", "zero_shot": "0-shot", "icl_gain": "ICL gain",
+                "random": "random-label ICL", "symbols": "symbol ICL"}
+
+
+def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | None:
+    """"mean (worst)" over seeds of the task-average, and the 95% CI over the task x seed cells."""
+    if not tasks:
+        return None
+    per_seed = {str(s): sum(block["tasks"][t]["per_seed"][str(s)] for t in tasks) / len(tasks) for s in seeds}
+    cells = [block["tasks"][t]["per_seed"][str(s)] for t in tasks for s in seeds]
+    mean, low, high = mean_ci95(cells)
+    return {"mean": sum(per_seed.values()) / len(per_seed), "worst": min(per_seed.values()),
+            "per_seed_average": per_seed, "ci95": [low, high], "n_cells": len(cells), "n_tasks": len(tasks)}
+
+
+def difference_block(a: dict, b: dict) -> dict:
+    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot)."""
+    tasks = {}
+    for task, entry in a["tasks"].items():
+        per_seed = {seed: value - b["tasks"][task]["per_seed"][seed] for seed, value in entry["per_seed"].items()}
+        tasks[task] = {"per_seed": per_seed, "mean": sum(per_seed.values()) / len(per_seed),
+                       "worst": min(per_seed.values())}
+    return {"tasks": tasks}
+
+
+def detectable_difference(differences: list[float], power: float = 0.8) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test at 0.05 detects with this power, given the
+    spread of these differences: (t_0.975 + t_power) * sd / sqrt(n)."""
+    import numpy as np
+    from scipy import stats
+
+    n = len(differences)
+    if n < 3:
+        return None
+    sd = float(np.std(differences, ddof=1))
+    return float((stats.t.ppf(0.975, n - 1) + stats.t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def _cells(block: dict, tasks: list[str]) -> dict:
+    return {cell: value for cell, value in result_cells(block).items() if cell[0] in tasks}
+
+
+def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
+    """Paired tests over task x seed cells. Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
+    method) against every other row, MetaICL first (the headline); with a sweep: every value against the first."""
+    by_label = {row["label"]: row for row in rows}
+    if sweep:
+        trained = [row["label"] for row in rows if row["method"] != BASE]
+        pairs = [(label, trained[0]) for label in trained[1:]]
+        headline = None
+    else:
+        labels = list(by_label)
+        reference = next((m for m in ("maml", "fomaml") if m in by_label),
+                         next((m for m in labels if m != BASE), None))
+        others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
+        pairs = [(reference, other) for other in others] if reference else []
+        headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in by_label else None
+    tasks = {"all": list(split.test), "unseen_domain": list(split.unseen_domain_test)}
+    tests, headline_test = [], None
+    for a, b in pairs:
+        for block in BLOCKS:
+            if by_label[a].get(block) is None or by_label[b].get(block) is None:
+                continue
+            for subset in SUBSETS:
+                if not tasks[subset]:
+                    continue
+                cells_a = _cells(by_label[a]["eval"][block], tasks[subset])
+                cells_b = _cells(by_label[b]["eval"][block], tasks[subset])
+                result = paired_test(cells_a, cells_b)
+                common = sorted(set(cells_a) & set(cells_b))
+                result["mde_80"] = detectable_difference([cells_a[c] - cells_b[c] for c in common])
+                # the conservative version: one pair per task (seeds share a test set, so cells are not independent)
+                task_means = lambda cells: {t: sum(v for (u, _), v in cells.items() if u == t)  # noqa: E731
+                                            / sum(1 for (u, _) in cells if u == t) for t in {u for u, _ in cells}}
+                by_task = paired_test(task_means(cells_a), task_means(cells_b))
+                result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"]}
+                p = result["p_value_t"]
+                test = {"a": a, "b": b, "block": block, "subset": subset, **result,
+                        "significant_at_0.05": bool(p < 0.05) if math.isfinite(p) else None}
+                tests.append(test)
+                if (a, b) == headline and block == "icl" and subset == "all":
+                    headline_test = test
+    return tests, headline_test
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _cell_text(summary: dict | None) -> str:
+    return "-" if summary is None else f"{summary['mean']:.1f} ({summary['worst']:.1f})"
+
+
+def _ci_text(summary: dict | None) -> str:
+    if summary is None:
+        return "-"
+    low, high = summary["ci95"]
+    return "-" if low is None or not math.isfinite(low) else f"[{low:.1f}, {high:.1f}]"
+
+
+def _test_text(test: dict) -> str:
+    low, high = test["ci95"]
+    ci = "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]"
+    p_t, p_w = test["p_value_t"], test["p_value_wilcoxon"]
+    verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
+               "significant at 0.05" if test["significant_at_0.05"] else "not significant at 0.05")
+    fmt = lambda p: "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"  # noqa: E731
+    mde = test.get("mde_80")
+    by_task = test.get("by_task") or {}
+    extra = (f"; smallest difference detectable with 80% power {mde:.2f}" if mde is not None else "") + (
+        f"; over {by_task['n']} task means p={fmt(by_task['p_value_t'])}" if by_task.get("n", 0) >= 2 else "")
+    return (f"{test['a']} - {test['b']} ({BLOCK_TITLES[test['block']]}, {SUBSET_TITLES[test['subset']]}): "
+            f"mean diff {test['mean_diff']:+.2f}, 95% CI {ci}, paired t p={fmt(p_t)}, Wilcoxon p={fmt(p_w)}, "
+            f"n={test['n']} cells: {verdict}{extra}")
+
+
+def format_markdown(report: dict) -> str:
+    blocks = [b for b in BLOCKS if any(row.get(b) for row in report["rows"])]
+    columns = [(b, s) for b in blocks for s in SUBSETS]
+    first = report["sweep"]["field"] if report["sweep"] else "method"
+    budget = report["budget"]
+    budget_line = {"tokens": f"equal training tokens: {budget.get('tokens')} per method (meta-steps derived per "
+                             "method)",
+                   "seconds": f"equal wall-clock: {budget.get('seconds'):g} s of meta-steps per method (meta-steps "
+                              "derived from each method's timed seconds per step)" if budget.get("seconds") else "",
+                   "steps": f"equal meta-steps: {budget.get('steps')} per method (from {budget['source']})"
+                   }[budget["equalised"]]
+    s = report["eval"]
+    lines = [f"# compare: {report['model']} on {report['split']['name']}", "",
+             f"- budget: {budget_line}",
+             f"- evaluation: k={s['k']}, {s['prompt']}, seeds {', '.join(map(str, s['seeds']))}, "
+             f"max test {s['max_test'] or 'all'}" + (f", adapted: {s['adapt_steps']} steps {s['adapt_optimizer']} "
+                                                     f"lr {s['adapt_lr']:g}" if s["adapt_steps"] else ""),
+             f"- test tasks: {len(report['split']['test'])} ({len(report['split']['unseen_domain_test'])} unseen "
+             "domain); cell = mean (worst) over seeds of the task-average, in percent", "",
+             "| " + " | ".join([first, "steps", "tokens", "train s"]
+                               + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
+             "|" + "---|" * (4 + len(columns))]
+    for row in report["rows"]:
+        train = row.get("train") or {}
+        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        seconds = train.get("wall_seconds") or train.get("step_seconds")
+        lines.append("| " + " | ".join([name, str(train.get("steps", 0)), str(train.get("tokens", 0)),
+                                        f"{seconds:.0f}" if seconds else "-"]
+                                       + [_cell_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
+    lines += ["", "95% confidence intervals of the mean over task x seed cells:", "",
+              "| " + " | ".join([first] + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
+              "|" + "---|" * (1 + len(columns))]
+    for row in report["rows"]:
+        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        lines.append("| " + " | ".join([name] + [_ci_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
+    tests = [t for t in report["paired_tests"] if t["subset"] == "all" or t["n"] >= 2]
+    if tests:
+        lines += ["", "Paired tests over task x seed cells (difference a - b):", ""]
+        lines += [f"- {_test_text(t)}" for t in tests]
+    if report["headline"]:
+        lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """compare.png: bars per method (all / unseen domain) with 95% CI error bars, ICL and adapted side by side;
+    with a sweep, the metric over the field's values with CI bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    blocks = [b for b in BLOCKS if any(row.get(b) for row in rows)]
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.5 * len(blocks), 4.2), squeeze=False)
+    for ax, block in zip(axes[0], blocks):
+        if report["sweep"]:
+            swept = [row for row in rows if row["method"] != BASE]
+            xs = list(range(len(swept)))
+            for subset, style in zip(SUBSETS, ("-o", "--s")):
+                summaries = [(row.get(block) or {}).get(subset) for row in swept]
+                if any(s is None for s in summaries):
+                    continue
+                means = [s["mean"] for s in summaries]
+                lows = [s["ci95"][0] if s["ci95"][0] is not None else s["mean"] for s in summaries]
+                highs = [s["ci95"][1] if s["ci95"][1] is not None else s["mean"] for s in summaries]
+                line, = ax.plot(xs, means, style, label=SUBSET_TITLES[subset])
+                ax.fill_between(xs, lows, highs, alpha=0.2, color=line.get_color())
+                base = next((row for row in rows if row["method"] == BASE), None)
+                if base and (base.get(block) or {}).get(subset):
+                    ax.axhline(base[block][subset]["mean"], color=line.get_color(), linestyle=":", linewidth=1,
+                               label=f"base model ({SUBSET_TITLES[subset]})")
+            ax.set_xticks(xs, [row["sweep_value"] for row in swept])
+            ax.set_xlabel(f"{report['sweep']['field']} ({swept[0]['method']})")
+        else:
+            width = 0.8 / max(len(rows), 1)
+            for i, row in enumerate(rows):
+                means, errors, xs = [], [[], []], []
+                for j, subset in enumerate(SUBSETS):
+                    summary = (row.get(block) or {}).get(subset)
+                    if summary is None:
+                        continue
+                    low, high = summary["ci95"]
+                    xs.append(j - 0.4 + width * (i + 0.5))
+                    means.append(summary["mean"])
+                    errors[0].append(summary["mean"] - low if low is not None else 0.0)
+                    errors[1].append(high - summary["mean"] if high is not None else 0.0)
+                ax.bar(xs, means, width, yerr=errors, capsize=3, label=row["label"])
+            ax.set_xticks(range(len(SUBSETS)), [SUBSET_TITLES[s] for s in SUBSETS])
+        ax.set_title(f"{BLOCK_TITLES[block]} (k={report['eval']['k']}), 95% CI over task x seed cells")
+        ax.set_ylabel("Macro-F1 / accuracy (%)" if block != "icl_gain" else "points (ICL - 0-shot)")
+        if block != "icl_gain":
+            ax.set_ylim(bottom=0)  # a t-interval can reach below 0; the metric cannot
+        else:
+            ax.axhline(0, color="black", linewidth=0.8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{report['model']} on {report['split']['name']}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+
+
+def plot_curves(report: dict, path: Path) -> None:
+    """curves.png: each trained row's in-training validation (validation.jsonl) against training tokens: in-context
+    score, zero-shot score, and the ICL gain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for row in report["rows"]:
+        curve = row.get("validation") or []
+        if not curve:
+            continue
+        tokens = [point["total_tokens"] for point in curve]
+        for ax, key in zip(axes, ("icl", "zero_shot", "icl_gain")):
+            ax.plot(tokens, [point[key] for point in curve], "-o", markersize=3, label=row["label"])
+    for ax, title in zip(axes, ("in context (dev)", "zero-shot (dev)", "ICL gain (dev)")):
+        ax.set_title(title)
+        ax.set_xlabel("training tokens")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("Macro-F1 / accuracy (%)")
+    fig.suptitle(f"in-training validation: {report['model']} on {report['split']['name']}", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
