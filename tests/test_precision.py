@@ -97,3 +97,32 @@ def test_float16_training_is_refused_in_one_line(tmp_path, tiny_data_dir, tiny_m
     err = capsys.readouterr().err
     assert code == 2 and "float16" in err and "bfloat16" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_adaptation_of_a_bf16_model_keeps_fp32_master_weights(tiny_model_dir, tokenizer):
+    """eval --adapt-steps on a model loaded in bfloat16: the adapted copy is fp32 and a 1e-5 step moves it as an
+    fp32 model's copy moves (bf16 storage would keep most weights where they were)."""
+    from maml_en_llm.adapt import adapt
+    from maml_en_llm.prompts import PromptFormat
+    from maml_en_llm.tasks import Example
+
+    demos = [Example("t", f"word{i}", "yes" if i % 2 else "no", ("yes", "no")) for i in range(4)]
+    moved = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
+        torch.manual_seed(0)
+        tuned = adapt(model, tokenizer, demos, PromptFormat(), 1, 1e-5, "adam")
+        assert all(p.dtype == torch.float32 for p in tuned.parameters())
+        before = {n: p.detach().float() for n, p in model.named_parameters()}
+        moved[dtype] = changed_fraction({n: p.detach() for n, p in tuned.named_parameters()}, before)
+        assert all(p.dtype == dtype for p in model.parameters())  # the caller's model is untouched
+    assert moved[torch.float32] > 0.5 and moved[torch.bfloat16] > 0.9 * moved[torch.float32]
+
+
+def test_float16_adaptation_is_refused_in_one_line(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
+    code = main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir), "--split", "tiny",
+                 "--k", "2", "--seeds", "100", "--max-test", "2", "--adapt-steps", "1", "--dtype", "float16",
+                 "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and "float16" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "eval" / "results.json").exists()

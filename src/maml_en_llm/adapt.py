@@ -13,7 +13,9 @@ from typing import Sequence
 
 import torch
 
+from .errors import UserError
 from .lm import Batch, TokenSequence, collate, mean_loss
+from .precision import autocast
 from .prompts import PromptFormat, Tokenize, make_tokenize, training_sequence
 from .scoring import pad_id_of
 from .tasks import Example
@@ -55,13 +57,16 @@ def adapt(model: torch.nn.Module, tokenizer, demonstrations: Sequence[Example], 
     """A copy of `model` fine-tuned for `steps` full-batch steps on the demonstrations; returned in eval mode.
 
     `optimizer`: "sgd" (plain) or "adam" (AdamW, weight decay 0). Seed torch beforehand for reproducible runs
-    (dropout, if the model has any, is the only randomness)."""
+    (dropout, if the model has any, is the only randomness). Precision follows training's rules (precision.py):
+    the copy's weights and optimizer state are fp32 ("master weights"); a model loaded in bfloat16 runs its
+    forward and backward under bf16 autocast (`compute_context`); float16 is refused."""
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     batch = adaptation_batch(model, tokenizer, demonstrations, fmt, tokenize)
-    adapted = copy.deepcopy(model)  # deepcopy keeps tied weights tied
+    context = compute_context(model)
+    adapted = copy.deepcopy(model).float()  # deepcopy keeps tied weights tied; fp32 master weights
     adapted.requires_grad_(True)
     adapted.train()
     params = list(adapted.parameters())
@@ -71,9 +76,22 @@ def adapt(model: torch.nn.Module, tokenizer, demonstrations: Sequence[Example], 
         opt = torch.optim.SGD(params, lr=lr)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        mean_loss(adapted, batch).backward()
+        with context():
+            loss = mean_loss(adapted, batch)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         opt.step()
     opt.zero_grad(set_to_none=True)
     adapted.eval()
     return adapted
+
+
+def compute_context(model: torch.nn.Module):
+    """The context a model's compute runs in when it is adapted, and when its adapted (fp32) copy is scored: bf16
+    autocast for a model loaded in bfloat16, nothing for fp32. float16 cannot be adapted (no loss scaling)."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float16:
+        raise UserError("--adapt-steps with --dtype float16: adaptation in float16 needs loss scaling, which is not "
+                        "implemented; use --dtype bfloat16 (fp32 master weights) or float32")
+    device = next(model.parameters()).device
+    return lambda: autocast("bfloat16" if dtype == torch.bfloat16 else "float32", device)

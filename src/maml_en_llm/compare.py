@@ -128,16 +128,18 @@ def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple
     return field, values
 
 
-def steps_for_tokens(config: TrainConfig, tasks, tokenize, tokens: int) -> tuple[int, int]:
+def steps_for_tokens(config: TrainConfig, tasks, tokenizer, tokens: int) -> tuple[int, int]:
     """The fewest meta-steps whose episodes hold >= `tokens` real tokens, and that token count.
 
     Tokenization only: the same episodes, tokens and count (len(context) + len(target) of every support and query
     instance) that the train loop logs as `tokens`."""
-    from .train import episode_of
+    from .prompts import make_tokenize
+    from .train import episode_of, training_format
 
+    tokenize, fmt = make_tokenize(tokenizer), training_format(config, tokenizer)
     step, total = 0, 0
     while total < tokens:
-        episode = episode_of(config, tasks, step, tokenize)
+        episode = episode_of(config, tasks, step, tokenize, fmt)
         total += sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
         step += 1
     return step, total
@@ -228,7 +230,7 @@ def plan_compare(args, command_line: str) -> Plan:
             variants.append((method, method, None, {}))
 
     model_id = _model_id(args.model)
-    tokenize, pools = None, {}
+    tokenizer, pools = None, {}
     rows = []
     for label, method, value, extra in variants:
         row = Row(label, method, sweep_value=value)
@@ -242,12 +244,11 @@ def plan_compare(args, command_line: str) -> Plan:
             if key not in pools:  # data problems surface here, before any training
                 pools[key] = load_training_tasks(config, data_dir, args.split, allow_overlap)
             if budget_given and budget_given[0] == "tokens":
-                if tokenize is None:
+                if tokenizer is None:
                     from .models import load_tokenizer
-                    from .prompts import make_tokenize
 
-                    tokenize = make_tokenize(load_tokenizer(args.model))
-                steps, _ = steps_for_tokens(config, pools[key], tokenize, budget_given[1])
+                    tokenizer = load_tokenizer(args.model)
+                steps, _ = steps_for_tokens(config, pools[key], tokenizer, budget_given[1])
                 config = dataclasses.replace(config, steps=steps)
             row.config = config
             recipe = config.to_dict()
@@ -259,7 +260,8 @@ def plan_compare(args, command_line: str) -> Plan:
             row.run_name = f"{method}-{_digest(identity)}"
         rows.append(row)
 
-    eval_settings = {"k": args.k, "seeds": list(args.seeds), "prompt": args.prompt, "max_test": args.max_test,
+    eval_settings = {"k": args.k, "seeds": list(args.seeds), "prompt": args.prompt, "format": "newline",
+                     "bos": shared.bos, "max_test": args.max_test,
                      "batch_size": args.batch_size, "adapt_steps": args.adapt_steps,
                      "adapt_lr": args.adapt_lr if args.adapt_steps else None,
                      "adapt_optimizer": args.adapt_optimizer if args.adapt_steps else None, "dtype": args.dtype}
@@ -374,7 +376,7 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
                             seeds=key["seeds"], method=key["prompt"], max_test=key["max_test"],
                             batch_size=key["batch_size"], adapt_steps=key["adapt_steps"],
                             adapt_lr=key["adapt_lr"] or 1e-5, adapt_optimizer=key["adapt_optimizer"] or "adam",
-                            demo_labels=key["demo_labels"])
+                            demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"])
     del model
     cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
               "result": result}

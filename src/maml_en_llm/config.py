@@ -32,6 +32,7 @@ class TrainConfig:
     k: int = 16  # demonstrations per training instance (multitask0 forces 0)
     prompt: str = "direct"  # direct | channel (MetaICL's two scoring directions)
     train_labels: str = "gold"  # demonstrations' labels in training: gold | random | symbols (labels.py)
+    bos: str = "auto"  # BOS first in every sequence: auto (where the tokenizer adds one, e.g. Gemma) | yes | no
     seed: int = 100  # seeds model-independent randomness: episodes, and torch
     lr: float = 1e-5  # outer learning rate (AdamW), after warmup decays linearly to 0
     warmup_steps: int = 0  # linear warmup of the outer learning rate
@@ -80,6 +81,8 @@ class TrainConfig:
             raise bad("method", f"is not one of {list(METHODS)}")
         if self.prompt not in ("direct", "channel"):
             raise bad("prompt", "must be direct or channel")
+        if self.bos not in ("auto", "yes", "no"):
+            raise bad("bos", "must be auto, yes or no")
         if self.train_labels not in ("gold", "random", "symbols"):
             raise bad("train_labels", "must be gold, random or symbols")
         if self.inner_optimizer == "shared-adam":

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, demonstration_loss
+from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, compute_context, demonstration_loss
 from .errors import UserError
 from .labels import LABEL_MODES, random_labels, symbolize
 from .metrics import metric_name, summarize, task_metric
@@ -203,6 +203,8 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
     """Evaluate on already loaded data (see `evaluate_model`)."""
     check_eval_settings(data.k, batch_size, adapt_steps, adapt_lr, adapt_optimizer, format, bos)
     data, relabelled = with_demo_labels(data, demo_labels)
+    if adapt_steps > 0:
+        compute_context(model)  # refuses float16 before any work
     fmt = prompt_format(tokenizer, method, format=resolve_format(model, format), bos=bos)
     tokenize = make_tokenize(tokenizer)
     in_context: dict[str, dict[int, float]] = {task: {} for task in data.tasks}
@@ -222,10 +224,11 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
             seed_key = str(cell.seed)
             demo_losses[cell.task]["before"][seed_key] = demonstration_loss(model, tokenizer, cell.demonstrations, fmt,
                                                                             tokenize=tokenize)
-            demo_losses[cell.task]["after"][seed_key] = demonstration_loss(tuned, tokenizer, cell.demonstrations, fmt,
-                                                                           tokenize=tokenize)
-            adapted[cell.task][cell.seed] = _cell_metric(tuned, tokenizer, tokenize, cell, data.k, fmt, task_type,
-                                                         batch_size, stats)
+            with compute_context(model)():  # the fp32 copy computes as the model it came from (adapt.py)
+                demo_losses[cell.task]["after"][seed_key] = demonstration_loss(tuned, tokenizer, cell.demonstrations,
+                                                                               fmt, tokenize=tokenize)
+                adapted[cell.task][cell.seed] = _cell_metric(tuned, tokenizer, tokenize, cell, data.k, fmt,
+                                                             task_type, batch_size, stats)
             del tuned
     bar.close()
 
@@ -335,6 +338,10 @@ def run_eval(args, command_line: str) -> None:
     check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer,
                         args.format, args.bos)
     data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks)
+    if args.adapt_steps > 0 and args.dtype == "float16":
+        from .precision import check_update_dtype
+
+        check_update_dtype(args.dtype, "--adapt-steps with --dtype")  # refused before the model loads
     from .models import load_model_and_tokenizer, parse_dtype, pick_device
 
     device, dtype = pick_device(args.device), parse_dtype(args.dtype)

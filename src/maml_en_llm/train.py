@@ -33,7 +33,7 @@ from .lora import apply_lora, save_lora_run
 from .paths import atomic_write_text, check_output, default_data_dir
 from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
-from .prompts import PromptFormat, make_tokenize
+from .prompts import PromptFormat, make_tokenize, prompt_format
 from .scoring import pad_id_of
 from .tasks import (check_split_data, check_train_test_overlap, load_pool, load_split, load_task_meta,
                     train_test_overlap)
@@ -94,12 +94,19 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, resume: bool, identity:
                                 f"{identity[key]!r}); resume with the original {key} or start a new --out")
 
 
-def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize) -> list:
-    """The episode of meta-step `step` under this recipe (a pure function of the recipe, the tasks and step)."""
+def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize, fmt: PromptFormat) -> list:
+    """The episode of meta-step `step` under this recipe (a pure function of the recipe, the tasks and step).
+    `fmt` is `training_format(config, tokenizer)`."""
     return sample_episode(tasks, step, seed=config.seed, tasks_per_step=config.tasks_per_step,
                           k=config.demonstrations, support_size=config.support_size, query_size=config.query_size,
-                          tokenize=tokenize, fmt=PromptFormat(config.prompt), use_instructions=config.method == "ict",
+                          tokenize=tokenize, fmt=fmt, use_instructions=config.method == "ict",
                           train_labels=config.train_labels)
+
+
+def training_format(config: TrainConfig, tokenizer) -> PromptFormat:
+    """MetaICL's newline format in the recipe's direction, with a BOS first where the tokenizer adds one (as
+    evaluation does: `prompts.prompt_format`)."""
+    return prompt_format(tokenizer, config.prompt, format="newline", bos=config.bos)
 
 
 @dataclass
@@ -117,6 +124,7 @@ class TrainingSetup:
 
     def __post_init__(self) -> None:
         self.tokenize = make_tokenize(self.tokenizer)
+        self.fmt = training_format(self.config, self.tokenizer)
 
     def step(self, episode, compute=contextlib.nullcontext) -> dict:
         """One outer update on `episode` (see `meta_step`)."""
@@ -151,7 +159,7 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
     setup = setup_training(config, model_name, dtype, target)
     times = []
     for step in range(steps + 1):
-        episode = episode_of(config, tasks, step, setup.tokenize)
+        episode = episode_of(config, tasks, step, setup.tokenize, setup.fmt)
         started = time.perf_counter()
         setup.step(episode, lambda: autocast(dtype, target))
         if target.type == "cuda":
@@ -255,7 +263,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     def run_validation(step: int) -> None:
         if validation is not None and main_rank:
             record = {"step": step, "total_tokens": total_tokens,
-                      **validate(model, tokenizer, validation, config.prompt, compute)}
+                      **validate(model, tokenizer, validation, config, compute)}
             with open(out_dir / "validation.jsonl", "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             tracker.log(record, step, prefix="validation")
@@ -267,7 +275,7 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
                desc=f"train {config.method}", unit="step")
     for step in bar:
         started = time.perf_counter()
-        episode = episode_of(config, tasks, step, setup.tokenize)
+        episode = episode_of(config, tasks, step, setup.tokenize, setup.fmt)
         lr = scheduler.get_last_lr()[0]
         stats = setup.step(episode, compute)
         scheduler.step()

@@ -47,12 +47,14 @@ def load_validation(config: TrainConfig, data_dir: Path, split_spec: str) -> tup
     return in_context, zero_shot
 
 
-def validate(model, tokenizer, data: tuple[EvalData, EvalData], prompt: str, compute) -> dict:
-    """Score the validation data in context and zero-shot; `compute` is the precision context of training."""
+def validate(model, tokenizer, data: tuple[EvalData, EvalData], config: TrainConfig, compute) -> dict:
+    """Score the validation data in context and zero-shot, in the training format (the recipe's direction and
+    BOS rule); `compute` is the precision context of training."""
     started = time.perf_counter()
+    settings = dict(method=config.prompt, format="newline", bos=config.bos, progress=False)
     with compute():
-        icl = evaluate_data(model, tokenizer, data[0], method=prompt, progress=False)
-        zero = evaluate_data(model, tokenizer, data[1], method=prompt, progress=False)
+        icl = evaluate_data(model, tokenizer, data[0], **settings)
+        zero = evaluate_data(model, tokenizer, data[1], **settings)
     per_task = {task: {"icl": icl["tasks"][task]["mean"], "zero_shot": zero["tasks"][task]["mean"]}
                 for task in icl["tasks"]}
     return {"icl": icl["average"]["all"], "zero_shot": zero["average"]["all"],
