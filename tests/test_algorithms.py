@@ -281,7 +281,7 @@ def test_adam_step_backward_equals_autograd_of_the_formula():
     """The hand-written backward of the fused Adam step against torch.autograd.gradcheck in float64, for the
     one-step fast path (only the new parameters are used downstream) and the general path (m', v' used too,
     m and v themselves differentiable, as in a second inner step)."""
-    from maml_en_llm.algorithms import _AdamStep
+    from maml_en_llm.algorithms import _AdamLastStep, _AdamStep
 
     g = torch.Generator().manual_seed(0)
     p = torch.randn(7, generator=g, dtype=torch.float64)
@@ -293,6 +293,11 @@ def test_adam_step_backward_equals_autograd_of_the_formula():
     assert torch.autograd.gradcheck(fast, (p.clone().requires_grad_(), grad.clone().requires_grad_()))
     full = lambda p, grad, m, v: _AdamStep.apply(p, grad, m, v, *constants)  # noqa: E731
     assert torch.autograd.gradcheck(full, tuple(t.clone().requires_grad_() for t in (p, grad, m, v)))
+    # the last-step variant (m', v' recomputed in backward), with constant and with differentiable moments
+    last = lambda p, grad, m, v: _AdamLastStep.apply(p, grad, m, v, *constants)  # noqa: E731
+    assert torch.autograd.gradcheck(last, (p.clone().requires_grad_(), grad.clone().requires_grad_(), m, v))
+    assert torch.autograd.gradcheck(last, tuple(t.clone().requires_grad_() for t in (p, grad, m, v)))
+    torch.testing.assert_close(last(p, grad, m, v), full(p, grad, m, v)[0], rtol=0, atol=1e-15)
 
 
 class RecordingAdamW(torch.optim.AdamW):

@@ -91,34 +91,70 @@ class _AdamStep(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_p, grad_m_new, grad_v_new):
         g, m_new, v_new = ctx.saved_tensors
+        return _adam_step_backward(g, m_new, v_new, grad_p, grad_m_new, grad_v_new, ctx.needs_input_grad,
+                                   ctx.constants)
+
+
+class _AdamLastStep(torch.autograd.Function):
+    """The same update when nothing downstream reads m' and v' (the last inner step of a task whose moments are
+    discarded: shared-adam-copy and adam). Only p' is returned; backward saves the *incoming* m and v (the outer
+    optimizer's state or the previous step's outputs, alive anyway) and recomputes m', v' from them, so the
+    second-order graph holds no new moment tensors."""
+
+    @staticmethod
+    def forward(ctx, p, g, m, v, c: float, s: float, b1: float, b2: float, eps: float):
+        p_new = torch.empty_like(p)
+        for ps, gs, ms, vs, pn in _chunked(p, g, m, v, p_new):
+            mn = torch.lerp(gs, ms, b1)
+            vn = torch.mul(gs, gs).lerp_(vs, b2)
+            torch.addcdiv(ps, mn, vn.sqrt_().div_(s).add_(eps), value=-c, out=pn)
+        ctx.save_for_backward(g, m, v)
+        ctx.constants = (c, s, b1, b2, eps)
+        ctx.set_materialize_grads(False)
+        return p_new
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_p):
+        g, m, v = ctx.saved_tensors
         c, s, b1, b2, eps = ctx.constants
-        need = ctx.needs_input_grad
-        bound = 1 / math.sqrt(1 - b2)  # |g| / sqrt(v') <= 1 / sqrt(1 - b2) since v' >= (1 - b2) g^2
-        if grad_p is None and grad_m_new is None and grad_v_new is None:  # no output was used downstream
-            return None, None, None, None, None, None, None, None, None
-        if grad_m_new is None and grad_v_new is None and not need[2] and not need[3]:
-            # the common case (one inner step): dp'/dg only:
-            # grad_g = c q ((1 - b2) / s * (g / sqrt(v')) m' / denom - (1 - b1)),  q = grad_p / denom
-            grad_g = torch.empty_like(g)
-            for gs, ms, vs, gps, out in _chunked(g, m_new, v_new, grad_p, grad_g):
-                root = vs.sqrt()
-                denom = root.add(eps * s).div_(s)
-                _safe_ratio(gs, root, bound, out=out).mul_(ms).div_(denom)
-                out.mul_(c * (1 - b2) / s).sub_(c * (1 - b1)).mul_(gps).div_(denom)
-            return grad_p, grad_g, None, None, None, None, None, None, None
-        root = v_new.sqrt()
-        denom = root.add(eps * s).div_(s)
-        total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
-        total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
-        if grad_p is not None:
-            q = grad_p / denom
-            total_m.sub_(q, alpha=c)
-            # d p'/d v' = c m' / (2 s sqrt(v') denom^2), taken as 0 where v' = 0
-            inverse_root = torch.where(root > 0, root.reciprocal(), torch.zeros_like(root))
-            total_v.add_(q * m_new * inverse_root / denom, alpha=c / (2 * s))
-        grad_g = (1 - b1) * total_m + (2 * (1 - b2)) * g * total_v
-        return (grad_p if need[0] else None, grad_g, b1 * total_m if need[2] else None,
-                b2 * total_v if need[3] else None, None, None, None, None, None)
+        m_new, v_new = torch.empty_like(g), torch.empty_like(g)
+        for gs, ms, vs, mn, vn in _chunked(g, m, v, m_new, v_new):
+            torch.lerp(gs, ms, b1, out=mn)
+            torch.mul(gs, gs, out=vn).lerp_(vs, b2)
+        return _adam_step_backward(g, m_new, v_new, grad_p, None, None, ctx.needs_input_grad, ctx.constants)
+
+
+def _adam_step_backward(g, m_new, v_new, grad_p, grad_m_new, grad_v_new, need, constants):
+    """Gradients of (p', m', v') = AdamStep(p, g, m, v) with respect to (p, g, m, v), given the upstream gradients
+    of p', m' and v' (None where unused)."""
+    c, s, b1, b2, eps = constants
+    bound = 1 / math.sqrt(1 - b2)  # |g| / sqrt(v') <= 1 / sqrt(1 - b2) since v' >= (1 - b2) g^2
+    if grad_p is None and grad_m_new is None and grad_v_new is None:  # no output was used downstream
+        return None, None, None, None, None, None, None, None, None
+    if grad_m_new is None and grad_v_new is None and not need[2] and not need[3]:
+        # the common case (one inner step): dp'/dg only:
+        # grad_g = c q ((1 - b2) / s * (g / sqrt(v')) m' / denom - (1 - b1)),  q = grad_p / denom
+        grad_g = torch.empty_like(g)
+        for gs, ms, vs, gps, out in _chunked(g, m_new, v_new, grad_p, grad_g):
+            root = vs.sqrt()
+            denom = root.add(eps * s).div_(s)
+            _safe_ratio(gs, root, bound, out=out).mul_(ms).div_(denom)
+            out.mul_(c * (1 - b2) / s).sub_(c * (1 - b1)).mul_(gps).div_(denom)
+        return grad_p, grad_g, None, None, None, None, None, None, None
+    root = v_new.sqrt()
+    denom = root.add(eps * s).div_(s)
+    total_m = torch.zeros_like(g) if grad_m_new is None else grad_m_new.clone()
+    total_v = torch.zeros_like(g) if grad_v_new is None else grad_v_new.clone()
+    if grad_p is not None:
+        q = grad_p / denom
+        total_m.sub_(q, alpha=c)
+        # d p'/d v' = c m' / (2 s sqrt(v') denom^2), taken as 0 where v' = 0
+        inverse_root = torch.where(root > 0, root.reciprocal(), torch.zeros_like(root))
+        total_v.add_(q * m_new * inverse_root / denom, alpha=c / (2 * s))
+    grad_g = (1 - b1) * total_m + (2 * (1 - b2)) * g * total_v
+    return (grad_p if need[0] else None, grad_g, b1 * total_m if need[2] else None,
+            b2 * total_v if need[3] else None, None, None, None, None, None)
 
 
 def _safe_ratio(g: torch.Tensor, root: torch.Tensor, bound: float, out: torch.Tensor) -> torch.Tensor:
@@ -179,8 +215,9 @@ class InnerOptimizer:
     def step(self, params: Params, grads: Params, state, differentiable: bool, last: bool = False):
         """One inner update. With `differentiable`, the result keeps the graph to params and grads. Gradients
         are consumed (popped) as each tensor is updated, so the first-order path never holds two full copies.
-        `last` (first-order path only): no further inner step will read the state, so unless the state is the
-        outer optimizer's (shared-adam-chain) the new moments are never materialised."""
+        `last`: no further inner step will read the state, so unless the state is the outer optimizer's
+        (shared-adam-chain) the new moments are never materialised (on the second-order path, `_AdamLastStep`
+        recomputes them in backward)."""
         new_params, new_m, new_v, new_t = {}, {}, {}, {}
         for name in list(params):
             p, g = params[name], grads.pop(name).contiguous()
@@ -194,7 +231,10 @@ class InnerOptimizer:
             beta1, beta2 = self.betas
             step_size = self.lr / (1 - beta1 ** t)
             root_bias = math.sqrt(1 - beta2 ** t)
-            if differentiable:
+            if differentiable and last and not self.writes_outer_state:  # m', v' would be discarded
+                new_params[name] = _AdamLastStep.apply(p, g, m, v, step_size, root_bias, beta1, beta2, self.eps)
+                new_m[name] = new_v[name] = None
+            elif differentiable:
                 new_params[name], new_m[name], new_v[name] = _AdamStep.apply(p, g, m, v, step_size, root_bias,
                                                                              beta1, beta2, self.eps)
             else:  # no graph: moments in place when owned, into fresh tensors when not, nowhere when unused
@@ -282,7 +322,7 @@ def adapt(model, params: Params, batch, inner: InnerOptimizer, steps: int, diffe
         grads = _grad(loss, adapted, create_graph=differentiable)
         del loss
         if differentiable:
-            adapted, state = inner.step(adapted, grads, state, differentiable=True)
+            adapted, state = inner.step(adapted, grads, state, differentiable=True, last=step == steps - 1)
         else:
             with torch.no_grad():
                 adapted, state = inner.step(adapted, grads, state, differentiable=False, last=step == steps - 1)
