@@ -64,7 +64,7 @@ def test_prompt_flag_reaches_the_evaluation(tiny_model_dir, tiny_data_dir, tmp_p
             "--seeds", "100", "--max-test", "2", "--prompt", "channel", "--out", str(out)]
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["method"] == "channel"
+    assert results["prompt"] == "channel"
     prov = results["provenance"]
     assert prov["package_version"] == __version__ and prov["device"] == "cpu"
     import torch

@@ -108,11 +108,11 @@ def test_cli_end_to_end_with_adaptation(tiny_model_dir, tiny_data_dir, tmp_path,
     argv = eval_args(tiny_model_dir, tiny_data_dir, out, "--adapt-steps", "2", "--adapt-lr", "1e-3")
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    for key in ("model", "k", "method", "seeds", "split", "data_dir", "max_test", "tasks", "average", "command",
+    for key in ("model", "k", "prompt", "seeds", "split", "data_dir", "max_test", "tasks", "average", "command",
                 "hardware", "wall_seconds", "adapted", "adaptation", "scoring"):
         assert key in results, key
     assert results["command"] == "maml-en-llm " + " ".join(argv)
-    assert results["seeds"] == [100, 13] and results["k"] == 2 and results["method"] == "direct"
+    assert results["seeds"] == [100, 13] and results["k"] == 2 and results["prompt"] == "direct"
     assert results["hardware"]["device"] == "cpu" and results["hardware"]["torch"] == torch.__version__
     for block in (results, results["adapted"]):
         assert set(block["tasks"]) == {"cls_c", "cls_d"}

@@ -236,7 +236,7 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
     results = {
         "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
         "split": data.split.name, "split_file": data.split.source, "data_dir": str(data.data_dir),
-        "k": data.k, "method": method, "format": fmt.name, "bos": fmt.bos_id is not None, "seeds": list(data.seeds),
+        "k": data.k, "prompt": method, "format": fmt.name, "bos": fmt.bos_id is not None, "seeds": list(data.seeds),
         "max_test": data.max_test, "batch_size": batch_size, "demo_labels": demo_labels,
         "demo_labels_applied": {task: relabelled[task] for task in data.tasks},
         **_block(data, in_context),
@@ -317,7 +317,7 @@ def format_table(block: dict, seeds: Sequence[int], title: str) -> str:
 
 
 def format_results(results: dict) -> str:
-    head = (f"{results['model']}  k={results['k']}  {results['method']}  {results['format']} format"
+    head = (f"{results['model']}  k={results['k']}  {results['prompt']}  {results['format']} format"
             f"{'  BOS' if results.get('bos') else ''}  split {results['split']}")
     text = format_table(results, results["seeds"], f"In-context: {head}")
     if "adapted" in results:

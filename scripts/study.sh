@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The runs behind docs/results.md, one command per table. Needs `make setup` and `maml-en-llm data bigbench`
+# (default location). Each torch process uses one thread, so two commands can share a 2-core machine; run them
+# from the repository root. Every command resumes where it stopped if run again (finished runs and evaluations
+# are reused from its --out folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+OUT=${OUT:-runs/study}
+EVAL=(--k 4 --seeds 100,13,21,42,87 --max-test 100)
+
+case "${1:-}" in
+  # Table 1: no meta-training vs MetaICL vs first-order vs second-order MAML-en-LLM, equal training tokens
+  methods)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,fomaml,maml --diagnostics zero-shot,random --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/social" ;;
+  # Table 2: the two shared-moment variants of MAML-en-LLM, same budget
+  moments)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods maml --sweep inner_optimizer=shared-adam-copy,shared-adam-chain --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/maml-moments" ;;
+  # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
+  # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
+  explore)
+    maml-en-llm train --method metaicl --split study/splits/social.json \
+      --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
+      lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
+      train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
+  *) echo "usage: scripts/study.sh methods|moments|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+esac
