@@ -402,6 +402,19 @@ def _(ctx):
     return argv, ["--sweep inner_lrr: not a recipe field"]
 
 
+@case("flag-compare-sweep-prompt")
+def _(ctx):
+    argv = compare(ctx, "--methods", "metaicl", "--sweep", "prompt=direct,channel")
+    return argv, ["--sweep prompt: every row is evaluated with one prompt"]
+
+
+@case("recipe-multitask0-random-labels")
+def _(ctx):
+    argv = train(ctx, "train_labels=random")
+    argv[argv.index("--method") + 1] = "multitask0"
+    return argv, ["train_labels", "not allowed with multitask0", "use gold"]
+
+
 # ---------------------------------------------------------------- the check
 
 @pytest.mark.parametrize("name", list(CASES))

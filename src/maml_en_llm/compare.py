@@ -112,6 +112,10 @@ def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple
         raise UserError(f"--sweep {field}: not a recipe field; choose one of {', '.join(RECIPE_FIELDS)}")
     if field == "method":
         raise UserError("--sweep method: compare methods with --methods instead")
+    if field in ("prompt", "bos"):
+        how = "--prompt VALUE" if field == "prompt" else "bos=VALUE"
+        raise UserError(f"--sweep {field}: every row is evaluated with one {field}; run one compare per value "
+                        f"({how})")
     if field == "adam_betas":
         raise UserError("--sweep adam_betas: list-valued fields cannot be swept; run one compare per value")
     if field == "steps" and budget_flag:

@@ -85,6 +85,9 @@ class TrainConfig:
             raise bad("bos", "must be auto, yes or no")
         if self.train_labels not in ("gold", "random", "symbols"):
             raise bad("train_labels", "must be gold, random or symbols")
+        if self.train_labels != "gold" and self.method == "multitask0":
+            raise bad("train_labels", "is not allowed with multitask0, which trains without demonstrations: there "
+                      "are no demonstration labels to replace; use gold")
         if self.inner_optimizer == "shared-adam":
             raise bad("inner_optimizer", "is ambiguous: choose shared-adam-copy (inner steps start from the outer "
                       "AdamW's moments, private copies) or shared-adam-chain (inner steps write into them)")
