@@ -15,6 +15,10 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl,fomaml,maml --diagnostics zero-shot,random --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/social" ;;
+  # Table 1b: the same recipe and budget on a second BIG-bench setting (no meta-training vs MetaICL)
+  logic)
+    maml-en-llm compare --split study/splits/logic.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --budget tokens=100000 "${EVAL[@]}" --out "$OUT/logic" ;;
   # Table 2: the two shared-moment variants of MAML-en-LLM, same budget
   moments)
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
@@ -27,5 +31,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|moments|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac

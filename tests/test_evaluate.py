@@ -290,3 +290,31 @@ def test_eval_demo_labels_flag_writes_the_mode_and_where_it_applied(tmp_path, ti
         assert results["demo_labels"] == mode
         # per-example options (mc_pick) have no shared label set to rename: they keep gold labels
         assert results["demo_labels_applied"] == {"cls_c": True, "mc_pick": mode == "random"}
+
+
+def test_journal_is_reused_only_under_the_same_settings(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
+    """evaluate_data records every cell in the journal; a second call with the same settings computes nothing,
+    one with another k or another model computes every cell again."""
+    from maml_en_llm import evaluate as ev
+    from maml_en_llm.eval_journal import model_fingerprint
+    from maml_en_llm.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
+    journal = tmp_path / "journal.jsonl"
+    calls = []
+    real = ev._evaluate_cell
+    monkeypatch.setattr(ev, "_evaluate_cell", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def run(k, model_id):
+        data = ev.load_eval_data(tiny_data_dir, "tiny", k, (100, 13), 4)
+        return ev.evaluate_data(model, tokenizer, data, journal=journal, model_id=model_id, progress=False)
+
+    first = run(2, model_fingerprint(str(tiny_model_dir)))
+    cells = len(calls)
+    assert cells == len(journal.read_text().splitlines()) >= 2
+    again = run(2, model_fingerprint(str(tiny_model_dir)))
+    assert len(calls) == cells and again["tasks"] == first["tasks"] and again["scoring"] == first["scoring"]
+    run(1, model_fingerprint(str(tiny_model_dir)))
+    assert len(calls) == 2 * cells
+    run(2, {"source": "another model"})
+    assert len(calls) == 3 * cells

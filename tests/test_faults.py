@@ -380,3 +380,33 @@ def test_kill_9_during_compare_then_rerun_recomputes_nothing_finished(tmp_path, 
     assert (metaicl_run / "final" / "model.safetensors").stat().st_mtime_ns == metaicl_final
     assert steps_logged(maml_run) == [1, 2, 3, 4]
     assert tables(out) == tables(reference)
+
+
+def test_kill_9_during_eval_then_rerun_scores_only_the_missing_cells(tmp_path, tiny_model_dir, data_dir):
+    """A real kill -9 in the 3rd (task, seed) cell of an `eval` with adaptation: the re-run reuses the 2 cells in
+    its journal, evaluates the rest, and writes the same numbers as an uninterrupted run; the journal is gone."""
+    def argv(out):
+        return ["eval", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--split", "tiny", "--k", "2",
+                "--seeds", "100,13", "--max-test", "4", "--adapt-steps", "1", "--adapt-lr", "1e-3", "--out", str(out)]
+
+    def numbers(out):
+        results = json.loads((out / "results.json").read_text())
+        scoring = {k: v for k, v in results["scoring"].items() if k in ("sequences", "tokens", "unique_tokens")}
+        return results["tasks"], results["adapted"], results["average"], scoring
+
+    reference = tmp_path / "reference"
+    _, calls = run_to_the_end(argv(reference), tmp_path, count=("maml_en_llm.evaluate:_evaluate_cell",))
+    cells = len(calls)
+    assert cells >= 4
+
+    out = tmp_path / "out"
+    run_until_killed(argv(out), tmp_path, pause="maml_en_llm.evaluate:_evaluate_cell:3")
+    journal = out / "results.partial.jsonl"
+    assert len(journal.read_text().splitlines()) == 2 and not (out / "results.json").exists()
+    with open(journal, "a") as handle:
+        handle.write('{"digest": "cut short by a kill", "ta')  # a half-written line is ignored
+
+    _, calls = run_to_the_end(argv(out), tmp_path, count=("maml_en_llm.evaluate:_evaluate_cell",))
+    assert len(calls) == cells - 2
+    assert numbers(out) == numbers(reference)
+    assert not journal.exists()

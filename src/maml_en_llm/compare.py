@@ -369,6 +369,7 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
                 return cached
         except ValueError:
             pass  # unreadable: evaluate again
+    from .eval_journal import model_fingerprint
     from .models import load_model_and_tokenizer, pick_device
 
     source = str(plan.out / "runs" / row.run_name / "final") if row.run_name else plan.model
@@ -376,15 +377,18 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
     started = time.perf_counter()
     model, tokenizer = load_model_and_tokenizer(source, dtype=plan.dtype, device=pick_device(plan.device))
     model.eval()
+    journal = path.with_suffix(".partial.jsonl")  # a killed compare resumes mid-evaluation (eval_journal.py)
     result = evaluate_model(model, tokenizer, data_dir=plan.data_dir, split=plan.split, k=key["k"],
                             seeds=key["seeds"], method=key["prompt"], max_test=key["max_test"],
                             batch_size=key["batch_size"], adapt_steps=key["adapt_steps"],
                             adapt_lr=key["adapt_lr"] or 1e-5, adapt_optimizer=key["adapt_optimizer"] or "adam",
-                            demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"])
+                            demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"],
+                            journal=journal, model_id=model_fingerprint(source))
     del model
     cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
               "result": result}
     atomic_write_text(path, json.dumps(_clean(cached), indent=1) + "\n")
+    journal.unlink(missing_ok=True)
     return cached
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .adapt import OPTIMIZERS, MAX_GRAD_NORM, adapt, compute_context, demonstration_loss
 from .errors import UserError
+from .eval_journal import append_cell, model_fingerprint, read_journal, settings_digest
 from .labels import LABEL_MODES, random_labels, symbolize
 from .metrics import metric_name, summarize, task_metric
 from .paths import atomic_write_text, check_output, default_data_dir
@@ -36,6 +37,9 @@ from .prompts import BOS_CHOICES, FORMATS, PromptFormat, default_format, encode_
 from .provenance import provenance
 from .scoring import predict, score_options
 from .tasks import Example, Split, check_split_data, load_demonstrations, load_split, load_task_meta, load_test
+
+
+JOURNAL = "results.partial.jsonl"
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,29 @@ def check_eval_settings(k: int, batch_size: int, adapt_steps: int, adapt_lr: flo
             raise UserError(f"--adapt-optimizer must be one of {list(OPTIMIZERS)}, got {adapt_optimizer!r}")
 
 
+def _evaluate_cell(model, tokenizer, tokenize, cell: EvalCell, data: EvalData, fmt: PromptFormat, batch_size: int,
+                   adapt_steps: int, adapt_lr: float, adapt_optimizer: str) -> dict:
+    """One (task, seed): its in-context metric and, when adapting, the adapted metric and the demonstrations'
+    loss before and after; plus the scoring counts it added (a journal entry, see eval_journal.py)."""
+    stats: dict = {}
+    task_type = data.task_types[cell.task]
+    entry: dict = {"task": cell.task, "seed": cell.seed,
+                   "icl": _cell_metric(model, tokenizer, tokenize, cell, data.k, fmt, task_type, batch_size, stats)}
+    if adapt_steps > 0:
+        torch.manual_seed(cell.seed)
+        tuned = adapt(model, tokenizer, cell.demonstrations, fmt, adapt_steps, adapt_lr, adapt_optimizer,
+                      tokenize=tokenize)
+        before = demonstration_loss(model, tokenizer, cell.demonstrations, fmt, tokenize=tokenize)
+        with compute_context(model)():  # the fp32 copy computes as the model it came from (adapt.py)
+            after = demonstration_loss(tuned, tokenizer, cell.demonstrations, fmt, tokenize=tokenize)
+            entry["adapted"] = _cell_metric(tuned, tokenizer, tokenize, cell, data.k, fmt, task_type, batch_size,
+                                            stats)
+        entry["demo_loss"] = {"before": before, "after": after}
+        del tuned
+    entry["stats"] = stats
+    return entry
+
+
 def _cell_metric(model, tokenizer, tokenize, cell: EvalCell, k: int, fmt: PromptFormat, task_type: str,
                  batch_size: int, stats: dict) -> float:
     prefix = encode_prefix(tokenize, cell.demonstrations, fmt)  # once per seed, shared by its test examples
@@ -199,8 +226,10 @@ def resolve_format(model: torch.nn.Module, requested: str = "auto") -> str:
 def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: str = "direct", batch_size: int = 16,
                   adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
                   format: str = "auto", bos: str = "auto", demo_labels: str = "gold",
-                  progress: bool = True) -> dict:
-    """Evaluate on already loaded data (see `evaluate_model`)."""
+                  progress: bool = True, journal: Path | None = None, model_id: dict | None = None) -> dict:
+    """Evaluate on already loaded data (see `evaluate_model`). With `journal`, each finished (task, seed) cell is
+    recorded there and cells recorded by an earlier, interrupted run with the same settings are reused
+    (eval_journal.py); `model_id` identifies the model in those settings (default: its name or path)."""
     check_eval_settings(data.k, batch_size, adapt_steps, adapt_lr, adapt_optimizer, format, bos)
     data, relabelled = with_demo_labels(data, demo_labels)
     if adapt_steps > 0:
@@ -211,25 +240,30 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
     adapted: dict[str, dict[int, float]] = {task: {} for task in data.tasks}
     demo_losses: dict[str, dict[str, dict[str, float]]] = {task: {"before": {}, "after": {}} for task in data.tasks}
     stats: dict = {}
+    parameter = next(model.parameters(), None)
+    digest = settings_digest({
+        "model": model_id or getattr(getattr(model, "config", None), "_name_or_path", None),
+        "dtype": str(parameter.dtype) if parameter is not None else None,
+        "data_dir": str(data.data_dir), "split": [data.split.name, data.split.source], "tasks": list(data.tasks),
+        "seeds": list(data.seeds), "k": data.k, "max_test": data.max_test, "prompt": method, "format": fmt.name,
+        "bos": fmt.bos_id, "demo_labels": demo_labels, "batch_size": batch_size,
+        "adapt": [adapt_steps, adapt_lr, adapt_optimizer] if adapt_steps > 0 else None})
+    done = read_journal(journal, digest)
     bar = tqdm(data.cells, desc="eval", unit="seed", disable=not progress, dynamic_ncols=True)
     for cell in bar:
         bar.set_postfix_str(f"{cell.task} seed {cell.seed}")
-        task_type = data.task_types[cell.task]
-        in_context[cell.task][cell.seed] = _cell_metric(model, tokenizer, tokenize, cell, data.k, fmt, task_type,
-                                                        batch_size, stats)
+        entry = done.get((cell.task, cell.seed))
+        if entry is None:
+            entry = _evaluate_cell(model, tokenizer, tokenize, cell, data, fmt, batch_size, adapt_steps, adapt_lr,
+                                   adapt_optimizer)
+            append_cell(journal, digest, entry)
+        in_context[cell.task][cell.seed] = entry["icl"]
         if adapt_steps > 0:
-            torch.manual_seed(cell.seed)
-            tuned = adapt(model, tokenizer, cell.demonstrations, fmt, adapt_steps, adapt_lr, adapt_optimizer,
-                          tokenize=tokenize)
-            seed_key = str(cell.seed)
-            demo_losses[cell.task]["before"][seed_key] = demonstration_loss(model, tokenizer, cell.demonstrations, fmt,
-                                                                            tokenize=tokenize)
-            with compute_context(model)():  # the fp32 copy computes as the model it came from (adapt.py)
-                demo_losses[cell.task]["after"][seed_key] = demonstration_loss(tuned, tokenizer, cell.demonstrations,
-                                                                               fmt, tokenize=tokenize)
-                adapted[cell.task][cell.seed] = _cell_metric(tuned, tokenizer, tokenize, cell, data.k, fmt,
-                                                             task_type, batch_size, stats)
-            del tuned
+            adapted[cell.task][cell.seed] = entry["adapted"]
+            for when in ("before", "after"):
+                demo_losses[cell.task][when][str(cell.seed)] = entry["demo_loss"][when]
+        for name, value in entry["stats"].items():
+            stats[name] = stats.get(name, 0) + value
     bar.close()
 
     seconds = stats.get("seconds", 0.0)
@@ -261,16 +295,17 @@ def evaluate_model(model: torch.nn.Module, tokenizer, *, data_dir, split, k: int
                    method: str = "direct", max_test: int | None = None, tasks: Sequence[str] | None = None,
                    batch_size: int = 16, adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
                    format: str = "auto", bos: str = "auto", demo_labels: str = "gold",
-                   progress: bool = True) -> dict:
+                   progress: bool = True, journal: Path | None = None, model_id: dict | None = None) -> dict:
     """In-context (and, with adapt_steps > 0, adapted) results of an in-memory model: the `results.json`
     structure without command, hardware and wall time. The model's weights are left as they were.
+    `journal`, `model_id`: resume an interrupted evaluation (`evaluate_data`).
 
     `format`: "auto" (MetaICL's choice, `resolve_format`), "newline" or "space"; `bos`: "auto" (where the
     tokenizer adds one), "yes" or "no" (see `prompts.prompt_format`)."""
     data = load_eval_data(data_dir, split, k, seeds, max_test, tasks)
     return evaluate_data(model, tokenizer, data, method=method, batch_size=batch_size, adapt_steps=adapt_steps,
                          adapt_lr=adapt_lr, adapt_optimizer=adapt_optimizer, format=format, bos=bos,
-                         demo_labels=demo_labels, progress=progress)
+                         demo_labels=demo_labels, progress=progress, journal=journal, model_id=model_id)
 
 
 def hardware_info(device: torch.device) -> dict:
@@ -346,10 +381,12 @@ def run_eval(args, command_line: str) -> None:
 
     device, dtype = pick_device(args.device), parse_dtype(args.dtype)
     model, tokenizer = load_model_and_tokenizer(args.model, dtype=dtype, device=device)
+    journal = out / JOURNAL  # finished cells, so that a killed eval resumes (eval_journal.py)
     results = evaluate_data(model, tokenizer, data, method=args.prompt, batch_size=args.batch_size,
                             adapt_steps=args.adapt_steps, adapt_lr=args.adapt_lr,
                             adapt_optimizer=args.adapt_optimizer, format=args.format, bos=args.bos,
-                            demo_labels=args.demo_labels, progress=True)
+                            demo_labels=args.demo_labels, progress=True, journal=journal,
+                            model_id=model_fingerprint(args.model))
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["command"] = command_line
@@ -357,5 +394,6 @@ def run_eval(args, command_line: str) -> None:
     results["provenance"] = provenance(device)
     results["wall_seconds"] = round(time.perf_counter() - started, 2)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    journal.unlink(missing_ok=True)
     print(format_results(results))
     print(f"\nwall time {results['wall_seconds']:.1f} s; results written to {out / 'results.json'}")
