@@ -18,7 +18,7 @@ case "${1:-}" in
   # Table 1b: the same recipe and budget on a second BIG-bench setting (no meta-training vs MetaICL)
   logic)
     maml-en-llm compare --split study/splits/logic.json --config study/recipes/lora-k4.yaml \
-      --methods none,metaicl --budget tokens=100000 "${EVAL[@]}" --out "$OUT/logic" ;;
+      --methods none,metaicl --diagnostics none --budget tokens=100000 "${EVAL[@]}" --out "$OUT/logic" ;;
   # Table 2: the two shared-moment variants of MAML-en-LLM, same budget
   moments)
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
