@@ -178,6 +178,16 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save_png(fig, path: Path) -> None:
+    """Write a figure atomically (a temporary file in the same folder, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot(report: dict, path: Path) -> None:
     """compare.png: bars per method (all / unseen domain) with 95% CI error bars, ICL and adapted side by side;
     with a sweep, the metric over the field's values with CI bands."""
@@ -233,12 +243,7 @@ def plot(report: dict, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{report['model']} on {report['split']['name']}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
+    _save_png(fig, path)
 
 
 def plot_curves(report: dict, path: Path) -> None:
@@ -265,7 +270,4 @@ def plot_curves(report: dict, path: Path) -> None:
     axes[0].set_ylabel("Macro-F1 / accuracy (%)")
     fig.suptitle(f"in-training validation: {report['model']} on {report['split']['name']}", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_png(fig, path)
