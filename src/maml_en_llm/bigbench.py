@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import paths
-from .paths import sha256_file
+from .paths import json_digest, sha256_file
 from .errors import UserError
 from .tasks import EVAL_SEEDS, POOL_K, POOL_SEED, check_task_name, task_file
 
@@ -342,10 +342,6 @@ def builtin_settings() -> dict[str, dict]:
             for p in sorted(folder.iterdir(), key=lambda p: p.name) if p.name.endswith(".json")}
 
 
-def _settings_digest(settings: dict[str, dict]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
 # ---------------------------------------------------------------- the build
 
 
@@ -402,7 +398,7 @@ def build_collection(archive: Path | None = None, out: Path | None = None, max_p
     max_pool = min(max_pool, POOL_K)
     settings = builtin_settings()
     options = {"converter_version": CONVERTER_VERSION, "max_per_task": max_pool, "min_examples": MIN_EXAMPLES,
-               "max_test": MAX_TEST, "shots": SHOTS, "seeds": list(EVAL_SEEDS), "settings_sha256": _settings_digest(settings)}
+               "max_test": MAX_TEST, "shots": SHOTS, "seeds": list(EVAL_SEEDS), "settings_sha256": json_digest(settings)}
     existing = _read_manifest(out) if out.exists() else None
 
     def up_to_date(archive_sha: str) -> bool:

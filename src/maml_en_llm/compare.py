@@ -15,7 +15,6 @@ finished one trains and evaluates nothing. docs/compare.md explains budgets, cac
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -29,7 +28,7 @@ from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
                              plot_curves)
-from .paths import atomic_write_text, check_output, default_data_dir
+from .paths import atomic_write_text, check_output, default_data_dir, json_digest
 from .provenance import provenance
 from .tasks import Split
 from .train import load_training_tasks, train
@@ -70,10 +69,6 @@ class Plan:
     dtype: str
     command: str
     allow_train_test_overlap: bool = False
-
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _clean(value):
@@ -261,7 +256,7 @@ def plan_compare(args, command_line: str) -> Plan:
             identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,
                         "train": list(split.train)}, "dtype": args.dtype, "method": method,
                         "recipe": recipe}
-            row.run_name = f"{method}-{_digest(identity)}"
+            row.run_name = f"{method}-{json_digest(identity, 8)}"
         rows.append(row)
 
     eval_settings = {"k": args.k, "seeds": list(args.seeds), "prompt": args.prompt, "format": "newline",
@@ -279,7 +274,8 @@ def plan_compare(args, command_line: str) -> Plan:
         no_adapt = {"adapt_steps": 0, "adapt_lr": None, "adapt_optimizer": None}
         for variant in eval_settings["diagnostics"]:
             keys[variant] = {**base, **no_adapt, **({"k": 0} if variant == "zero_shot" else {"demo_labels": variant})}
-        row.evals = {variant: (key, f"{row.run_name or BASE}-{variant}-{_digest(key)}") for variant, key in keys.items()}
+        row.evals = {variant: (key, f"{row.run_name or BASE}-{variant}-{json_digest(key, 8)}")
+                     for variant, key in keys.items()}
 
     kind = budget_given[0] if budget_given else "steps"
     if kind == "tokens":

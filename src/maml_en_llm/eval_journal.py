@@ -11,10 +11,11 @@ the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
+
+from .paths import json_digest
 
 
 def model_fingerprint(source: str) -> dict:
@@ -28,7 +29,7 @@ def model_fingerprint(source: str) -> dict:
 
 
 def settings_digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(settings, 16)
 
 
 def read_journal(path: Path | None, digest: str) -> dict[tuple[str, int], dict]:

@@ -10,6 +10,7 @@ under a file or is not writable fails in one line instead of after training.
 
 import errno
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -57,6 +58,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
+
+
+def json_digest(obj: object, length: int | None = None) -> str:
+    """Hex sha256 of `obj` as canonical JSON (sorted keys; values JSON cannot hold written as str), optionally
+    cut to its first `length` characters: the identity of a set of settings."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def sha256_file(path: Path) -> str:
