@@ -63,6 +63,14 @@ class TaskResult:
     inner_loss: float | None = None  # support loss before adaptation (MAML family)
 
 
+def _new_moments(g, m, v, b1: float, b2: float, m_out=None, v_out=None):
+    """m' = b1 m + (1 - b1) g and v' = b2 v + (1 - b2) g^2 on one chunk, into m_out, v_out when given: the one
+    formula the forward and the recomputing backward of the differentiable Adam steps share."""
+    m_new = torch.lerp(g, m, b1, out=m_out)
+    v_new = torch.mul(g, g, out=v_out).lerp_(v, b2)
+    return m_new, v_new
+
+
 class _AdamStep(torch.autograd.Function):
     """One elementwise Adam update with a hand-written backward:
 
@@ -79,8 +87,7 @@ class _AdamStep(torch.autograd.Function):
     def forward(ctx, p, g, m, v, c: float, s: float, b1: float, b2: float, eps: float):
         p_new, m_new, v_new = torch.empty_like(p), torch.empty_like(p), torch.empty_like(p)
         for ps, gs, ms, vs, pn, mn, vn in _chunked(p, g, m, v, p_new, m_new, v_new):
-            torch.lerp(gs, ms, b1, out=mn)
-            torch.mul(gs, gs, out=vn).lerp_(vs, b2)
+            _new_moments(gs, ms, vs, b1, b2, mn, vn)
             torch.addcdiv(ps, mn, vn.sqrt().div_(s).add_(eps), value=-c, out=pn)
         ctx.save_for_backward(g, m_new, v_new)
         ctx.constants = (c, s, b1, b2, eps)
@@ -105,8 +112,7 @@ class _AdamLastStep(torch.autograd.Function):
     def forward(ctx, p, g, m, v, c: float, s: float, b1: float, b2: float, eps: float):
         p_new = torch.empty_like(p)
         for ps, gs, ms, vs, pn in _chunked(p, g, m, v, p_new):
-            mn = torch.lerp(gs, ms, b1)
-            vn = torch.mul(gs, gs).lerp_(vs, b2)
+            mn, vn = _new_moments(gs, ms, vs, b1, b2)  # chunk-sized temporaries
             torch.addcdiv(ps, mn, vn.sqrt_().div_(s).add_(eps), value=-c, out=pn)
         ctx.save_for_backward(g, m, v)
         ctx.constants = (c, s, b1, b2, eps)
@@ -120,8 +126,7 @@ class _AdamLastStep(torch.autograd.Function):
         c, s, b1, b2, eps = ctx.constants
         m_new, v_new = torch.empty_like(g), torch.empty_like(g)
         for gs, ms, vs, mn, vn in _chunked(g, m, v, m_new, v_new):
-            torch.lerp(gs, ms, b1, out=mn)
-            torch.mul(gs, gs, out=vn).lerp_(vs, b2)
+            _new_moments(gs, ms, vs, b1, b2, mn, vn)
         return _adam_step_backward(g, m_new, v_new, grad_p, None, None, ctx.needs_input_grad, ctx.constants)
 
 
