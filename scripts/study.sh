@@ -24,6 +24,22 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods maml --sweep inner_optimizer=shared-adam-copy,shared-adam-chain --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/maml-moments" ;;
+  # Table 1c: equal wall-clock instead of equal tokens: each method trains floor(900 s / its timed seconds per
+  # meta-step) steps (900 s is what MetaICL's 100k tokens took on the study machine)
+  wallclock)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,fomaml,maml --diagnostics none --budget seconds=900 "${EVAL[@]}" --out "$OUT/wallclock" ;;
+  # Table 1d: the models of Table 1, also fine-tuned on each seed's 4 demonstrations (5 Adam steps at 1e-5)
+  adapted)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,fomaml,maml --diagnostics none --budget tokens=100000 --adapt-steps 5 "${EVAL[@]}" \
+      --out "$OUT/adapted" ;;
+  # Table 1e: limited meta-training data: each training task keeps its first 10 examples (the fewest that split
+  # into a disjoint support and query part at k=4)
+  limited)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" --out "$OUT/limited" \
+      max_examples_per_task=10 ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -31,5 +47,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|limited|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac

@@ -279,3 +279,36 @@ def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, 
 def test_unknown_diagnostic_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, capsys):
     assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--diagnostics", "zero-shot,tea")) == 2
     assert "--diagnostics: unknown 'tea'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def _row(label, diffs_by_task):
+    """A compare row whose ICL cells are 50 + the given per-seed values, for paired_tests."""
+    tasks = {task: {"per_seed": {str(seed): 50.0 + v for seed, v in enumerate(values)}}
+             for task, values in diffs_by_task.items()}
+    return {"label": label, "method": label, "icl": {"all": {}}, "eval": {"icl": {"tasks": tasks}}}
+
+
+def test_verdict_is_the_task_level_test_when_cells_alone_would_call_it_significant():
+    from maml_en_llm.compare_report import _test_text, paired_tests
+    from maml_en_llm.tasks import Split
+
+    # two tasks gain 3 points on every seed, one loses 1: 15 cells look significant, 3 task means do not
+    gains = {"t1": [3.0, 3.1, 2.9, 3.0, 3.05], "t2": [2.9, 3.0, 3.1, 3.0, 2.95], "t3": [-1.0, -0.9, -1.1, -1.0, -1.05]}
+    rows = [_row("metaicl", {t: [0.0] * 5 for t in gains}), _row("maml", gains)]
+    split = Split("s", ("a",), tuple(gains), ("t3",), "s.json")
+    tests, headline = paired_tests(rows, split, sweep=False)
+    assert headline is tests[0] and (headline["a"], headline["b"], headline["subset"]) == ("maml", "metaicl", "all")
+    assert headline["n"] == 15 and headline["p_value_t"] < 0.01  # the cell-level test alone says significant
+    assert headline["by_task"]["n"] == 3 and headline["by_task"]["p_value_t"] > 0.05
+    assert headline["mean_diff"] == pytest.approx(sum(map(sum, gains.values())) / 15)
+    assert headline["by_task"]["mde_80"] > headline["mde_80"]
+    assert headline["verdict_level"] == "tasks" and headline["significant_at_0.05"] is False
+    assert _test_text(headline).endswith("not significant at 0.05 (task level)")
+    # one task (the unseen-domain subset): its seeds are the only replication, so they decide
+    single = tests[1]
+    assert single["subset"] == "unseen_domain" and single["by_task"]["n"] == 1
+    assert single["verdict_level"] == "cells" and single["significant_at_0.05"] is True
+    assert _test_text(single).endswith("significant at 0.05 (cell level)")
+    # every task gaining on every seed is significant at the task level too
+    rows = [_row("metaicl", {t: [0.0] * 5 for t in gains}), _row("maml", {**gains, "t3": [2.0, 2.1, 1.9, 2.0, 2.2]})]
+    assert paired_tests(rows, split, sweep=False)[1]["significant_at_0.05"] is True

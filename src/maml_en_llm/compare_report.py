@@ -61,8 +61,16 @@ def _cells(block: dict, tasks: list[str]) -> dict:
     return {cell: value for cell, value in result_cells(block).items() if cell[0] in tasks}
 
 
+def _task_means(cells: dict) -> dict:
+    """{task: mean over its seeds} of {(task, seed): value} cells."""
+    sums: dict[str, list[float]] = {}
+    for (task, _), value in cells.items():
+        sums.setdefault(task, []).append(value)
+    return {task: sum(values) / len(values) for task, values in sums.items()}
+
+
 def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
-    """Paired tests over task x seed cells. Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
+    """Paired tests over task x seed cells and over task means (the verdict). Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
     method) against every other row, MetaICL first (the headline); with a sweep: every value against the first."""
     by_label = {row["label"]: row for row in rows}
     if sweep:
@@ -90,13 +98,16 @@ def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict
                 result = paired_test(cells_a, cells_b)
                 common = sorted(set(cells_a) & set(cells_b))
                 result["mde_80"] = detectable_difference([cells_a[c] - cells_b[c] for c in common])
-                # the conservative version: one pair per task (seeds share a test set, so cells are not independent)
-                task_means = lambda cells: {t: sum(v for (u, _), v in cells.items() if u == t)  # noqa: E731
-                                            / sum(1 for (u, _) in cells if u == t) for t in {u for u, _ in cells}}
-                by_task = paired_test(task_means(cells_a), task_means(cells_b))
-                result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"]}
-                p = result["p_value_t"]
-                test = {"a": a, "b": b, "block": block, "subset": subset, **result,
+                # one pair per task: the seeds of a task share its test examples, so its cells are not independent
+                means_a, means_b = _task_means(cells_a), _task_means(cells_b)
+                by_task = paired_test(means_a, means_b)
+                result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"],
+                                     "mde_80": detectable_difference([means_a[t] - means_b[t]
+                                                                      for t in sorted(set(means_a) & set(means_b))])}
+                # the verdict is the task-level test; the cells (seeds) decide only when there is a single task
+                level = "tasks" if by_task["n"] >= 2 else "cells"
+                p = by_task["p_value_t"] if level == "tasks" else result["p_value_t"]
+                test = {"a": a, "b": b, "block": block, "subset": subset, **result, "verdict_level": level,
                         "significant_at_0.05": bool(p < 0.05) if math.isfinite(p) else None}
                 tests.append(test)
                 if (a, b) == headline and block == "icl" and subset == "all":
@@ -119,19 +130,24 @@ def _ci_text(summary: dict | None) -> str:
 
 
 def _test_text(test: dict) -> str:
-    low, high = test["ci95"]
-    ci = "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]"
-    p_t, p_w = test["p_value_t"], test["p_value_wilcoxon"]
-    verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
-               "significant at 0.05" if test["significant_at_0.05"] else "not significant at 0.05")
+    """One line: the cell-level difference, CI and tests, then the task-level test, then the verdict (task level
+    when there are two or more tasks)."""
     fmt = lambda p: "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"  # noqa: E731
-    mde = test.get("mde_80")
+    ci = lambda low, high: (  # noqa: E731
+        "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]")
+    mde = lambda value: "" if value is None else f", detectable with 80% power {value:.2f}"  # noqa: E731
     by_task = test.get("by_task") or {}
-    extra = (f"; smallest difference detectable with 80% power {mde:.2f}" if mde is not None else "") + (
-        f"; over {by_task['n']} task means p={fmt(by_task['p_value_t'])}" if by_task.get("n", 0) >= 2 else "")
-    return (f"{test['a']} - {test['b']} ({BLOCK_TITLES[test['block']]}, {SUBSET_TITLES[test['subset']]}): "
-            f"mean diff {test['mean_diff']:+.2f}, 95% CI {ci}, paired t p={fmt(p_t)}, Wilcoxon p={fmt(p_w)}, "
-            f"n={test['n']} cells: {verdict}{extra}")
+    text = (f"{test['a']} - {test['b']} ({BLOCK_TITLES[test['block']]}, {SUBSET_TITLES[test['subset']]}): "
+            f"mean diff {test['mean_diff']:+.2f}; over {test['n']} cells: 95% CI {ci(*test['ci95'])}, "
+            f"paired t p={fmt(test['p_value_t'])}, Wilcoxon p={fmt(test['p_value_wilcoxon'])}{mde(test.get('mde_80'))}")
+    if by_task.get("n", 0) >= 2:
+        text += (f"; over {by_task['n']} task means: 95% CI {ci(*by_task['ci95'])}, "
+                 f"p={fmt(by_task['p_value_t'])}{mde(by_task.get('mde_80'))}")
+    level = "task level" if test.get("verdict_level", "cells") == "tasks" else "cell level"
+    verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
+               f"significant at 0.05 ({level})" if test["significant_at_0.05"] else
+               f"not significant at 0.05 ({level})")
+    return f"{text}: {verdict}"
 
 
 def format_markdown(report: dict) -> str:
@@ -171,7 +187,8 @@ def format_markdown(report: dict) -> str:
         lines.append("| " + " | ".join([name] + [_ci_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
     tests = [t for t in report["paired_tests"] if t["subset"] == "all" or t["n"] >= 2]
     if tests:
-        lines += ["", "Paired tests over task x seed cells (difference a - b):", ""]
+        lines += ["", "Paired tests (difference a - b) over task x seed cells and over task means; the verdict is "
+                  "the task-level test (cells only when there is one task):", ""]
         lines += [f"- {_test_text(t)}" for t in tests]
     if report["headline"]:
         lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
