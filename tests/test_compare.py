@@ -217,30 +217,57 @@ def test_steps_and_tokens_together_are_refused(tmp_path, tiny_model_dir, data_di
     assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
 
 
-def test_seconds_budget_trains_each_method_for_budget_over_its_timed_step(tmp_path, tiny_model_dir, data_dir,
-                                                                         monkeypatch):
-    """Equal wall-clock: each method's steps = floor(S / its probed seconds per step). The probe is timed once and
-    kept in the run folder, so a re-run trains and probes nothing."""
+def test_seconds_budget_trains_each_method_the_steps_its_token_rate_fits(tmp_path, tiny_model_dir, data_dir,
+                                                                        monkeypatch):
+    """Equal wall-clock: each method trains the most steps whose episodes' tokens x its probed seconds per token fit
+    in S. The probe is timed once and kept in the run folder, so a re-run trains and probes nothing."""
     from maml_en_llm import train as train_module
 
     probes = []
     real = train_module.seconds_per_step
+    rates = {"metaicl": 0.002, "maml": 0.004}  # maml twice as slow per token, as on real models
 
-    def fake_probe(config, **kwargs):  # maml twice as slow per step as metaicl, as on real models
+    def fake_probe(config, **kwargs):
         probes.append(config.method)
-        real(config, **{**kwargs, "steps": 1})  # the real probe runs (and must not crash) ...
-        return {"median": 0.5 if config.method == "metaicl" else 1.0, "times": [], "threads": 1}  # ... fixed times
+        measured = real(config, **{**kwargs, "steps": 2})  # the real probe runs (and must not crash) ...
+        assert len(measured["tokens"]) == 2 and measured["seconds_per_token"] == pytest.approx(
+            sum(measured["times"]) / sum(measured["tokens"]), rel=1e-2)
+        return {**measured, "seconds_per_token": rates[config.method]}  # ... with fixed rates
 
     monkeypatch.setattr(train_module, "seconds_per_step", fake_probe)
     out = tmp_path / "out"
-    args = compare_args(tiny_model_dir, data_dir, out, methods="metaicl,maml", budget=("--budget", "seconds=3"))
+    budget = 3.0
+    args = compare_args(tiny_model_dir, data_dir, out, methods="metaicl,maml", budget=("--budget", f"seconds={budget}"))
     assert main(args) == 0
     report = json.loads((out / "compare.json").read_text())
+    for row in report["rows"]:
+        if row["method"] == "none":
+            continue
+        rate, run_dir = rates[row["method"]], out / row["train"]["run"]
+        per_step = [m["tokens"] for m in metrics(run_dir)]
+        assert row["train"]["steps"] == len(per_step) >= 2
+        # the steps trained fit the budget, and one more step (its tokens replayed from the same episodes) would not
+        assert sum(per_step) * rate <= budget
+        next_tokens = _next_episode_tokens(run_dir, len(per_step), tiny_model_dir, data_dir)
+        assert (sum(per_step) + next_tokens) * rate > budget
+        assert row["train"]["probe_seconds_per_token"] == rate
     steps = {row["method"]: row["train"]["steps"] for row in report["rows"]}
-    assert steps == {"metaicl": 6, "maml": 3} and sorted(probes) == ["maml", "metaicl"]
+    assert steps["metaicl"] > steps["maml"] and sorted(probes) == ["maml", "metaicl"]
     assert report["budget"]["equalised"] == "seconds" and "equal wall-clock" in (out / "compare.md").read_text()
-    assert {row["train"]["probe_seconds_per_step"] for row in report["rows"]} == {0.5, 1.0}
     assert main(args) == 0 and len(probes) == 2  # reused
+
+
+def _next_episode_tokens(run_dir, step, tiny_model_dir, data_dir):
+    """Tokens of the episode a run would train at `step`, through the train loop's own episode sampler."""
+    from maml_en_llm.config import make_config
+    from maml_en_llm.models import load_tokenizer
+    from maml_en_llm.prompts import make_tokenize
+    from maml_en_llm.train import episode_of, episode_token_count, load_training_tasks, training_format
+
+    config = make_config(run_dir / "config.yaml")
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tasks = load_training_tasks(config, data_dir, "tiny")
+    return episode_token_count(episode_of(config, tasks, step, make_tokenize(tokenizer), training_format(config, tokenizer)))
 
 
 @pytest.mark.parametrize("budget, message", [
@@ -312,3 +339,13 @@ def test_verdict_is_the_task_level_test_when_cells_alone_would_call_it_significa
     # every task gaining on every seed is significant at the task level too
     rows = [_row("metaicl", {t: [0.0] * 5 for t in gains}), _row("maml", {**gains, "t3": [2.0, 2.1, 1.9, 2.0, 2.2]})]
     assert paired_tests(rows, split, sweep=False)[1]["significant_at_0.05"] is True
+
+
+def test_probe_written_before_the_token_rate_keeps_its_run_steps(tmp_path):
+    """A compare resumed from an older version finds probe.json without seconds_per_token: floor(S / median),
+    the steps that run was started with."""
+    from types import SimpleNamespace
+
+    (tmp_path / "probe.json").write_text(json.dumps({"median": 4.0, "times": [4.0, 3.0, 5.0], "threads": 1}))
+    plan = SimpleNamespace(budget={"equalised": "seconds", "seconds": 90.0})
+    assert compare_module.probe_steps(plan, SimpleNamespace(label="metaicl"), tmp_path) == 22

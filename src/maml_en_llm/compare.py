@@ -127,21 +127,39 @@ def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple
     return field, values
 
 
-def steps_for_tokens(config: TrainConfig, tasks, tokenizer, tokens: int) -> tuple[int, int]:
-    """The fewest meta-steps whose episodes hold >= `tokens` real tokens, and that token count.
-
-    Tokenization only: the same episodes, tokens and count (len(context) + len(target) of every support and query
-    instance) that the train loop logs as `tokens`."""
+def episode_tokens(config: TrainConfig, tasks, tokenizer):
+    """The training tokens of step 0, 1, 2, ... (an endless generator): len(context) + len(target) of every
+    support and query instance of the step's episode, exactly the `tokens` the train loop logs. Tokenization only."""
     from .prompts import make_tokenize
-    from .train import episode_of, training_format
+    from .train import episode_of, episode_token_count, training_format
 
     tokenize, fmt = make_tokenize(tokenizer), training_format(config, tokenizer)
+    step = 0
+    while True:
+        yield episode_token_count(episode_of(config, tasks, step, tokenize, fmt))
+        step += 1
+
+
+def steps_for_tokens(config: TrainConfig, tasks, tokenizer, tokens: int) -> tuple[int, int]:
+    """The fewest meta-steps whose episodes hold >= `tokens` real tokens, and that token count."""
     step, total = 0, 0
+    counts = episode_tokens(config, tasks, tokenizer)
     while total < tokens:
-        episode = episode_of(config, tasks, step, tokenize, fmt)
-        total += sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
+        total += next(counts)
         step += 1
     return step, total
+
+
+def steps_for_seconds(config: TrainConfig, tasks, tokenizer, seconds: float, seconds_per_token: float) -> int:
+    """The most meta-steps whose predicted time (their episodes' tokens x the measured seconds per token) fits in
+    `seconds`; at least 1."""
+    step, total = 0, 0
+    for count in episode_tokens(config, tasks, tokenizer):
+        if (total + count) * seconds_per_token > seconds:
+            return max(1, step)
+        total += count
+        step += 1
+    raise AssertionError("unreachable: episode_tokens is endless")
 
 
 def _model_id(model: str) -> str:
@@ -283,8 +301,8 @@ def plan_compare(args, command_line: str) -> Plan:
                   "note": "each method trains the fewest meta-steps whose episodes reach the token budget"}
     elif kind == "seconds":
         budget = {"equalised": "seconds", "seconds": budget_given[1], "source": budget_flag,
-                  "note": f"each method trains floor(S / its seconds per meta-step) steps, the seconds measured on "
-                          f"its own first episodes (median of {PROBE_STEPS} steps after a warm-up step)"}
+                  "note": f"each method trains the most meta-steps whose predicted time fits S: its own episodes' "
+                          f"tokens x its seconds per token, timed on {PROBE_STEPS} meta-steps after a warm-up step"}
     else:
         budget = {"equalised": "steps", "steps": shared.steps, "source": budget_flag or "recipe",
                   "note": "every method trains the same number of meta-steps"}
@@ -308,9 +326,11 @@ PROBE_STEPS = 3
 
 
 def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
-    """Meta-steps that fit the seconds budget: S / (this recipe's seconds per step), timed once and kept in
-    RUN/probe.json, so a resumed or re-run compare trains the same number of steps."""
-    from .train import seconds_per_step
+    """Meta-steps that fit the seconds budget, from this recipe's seconds per training token (timed once and kept
+    in RUN/probe.json, so a resumed or re-run compare trains the same number of steps) applied to the run's own
+    episodes: an episode's cost follows its length, which varies several-fold from step to step."""
+    from .models import load_tokenizer
+    from .train import load_training_tasks, seconds_per_step
 
     path = run_dir / "probe.json"
     if path.exists():
@@ -320,7 +340,11 @@ def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
         probe = seconds_per_step(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec,
                                  device=plan.device, dtype=plan.dtype, steps=PROBE_STEPS)
         atomic_write_text(path, json.dumps(probe) + "\n")
-    return max(1, int(plan.budget["seconds"] // probe["median"]))
+    if "seconds_per_token" not in probe:  # a probe.json written before the per-token plan: keep its run's steps
+        return max(1, int(plan.budget["seconds"] // probe["median"]))
+    tasks = load_training_tasks(row.config, plan.data_dir, plan.split_spec, plan.allow_train_test_overlap)
+    return steps_for_seconds(row.config, tasks, load_tokenizer(plan.model), plan.budget["seconds"],
+                             probe["seconds_per_token"])
 
 
 def train_row(plan: Plan, row: Row, position: str) -> dict:
@@ -348,7 +372,7 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
             "tokens": metrics[-1]["total_tokens"] if metrics else 0,
             "step_seconds": round(sum(m["seconds"] for m in metrics), 2),
             "wall_seconds": timing.get("wall_seconds"),
-            "probe_seconds_per_step": json.loads(probe.read_text())["median"] if probe.exists() else None}
+            "probe_seconds_per_token": json.loads(probe.read_text()).get("seconds_per_token") if probe.exists() else None}
 
 
 def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:

@@ -103,6 +103,12 @@ def episode_of(config: TrainConfig, tasks: list[TaskData], step: int, tokenize, 
                           train_labels=config.train_labels)
 
 
+def episode_token_count(episode: list) -> int:
+    """Training tokens of an episode: len(context) + len(target) of every support and query instance, the same
+    count as the non-pad tokens the train loop logs as `tokens`."""
+    return sum(len(context) + len(target) for task in episode for context, target in task.support + task.query)
+
+
 def training_format(config: TrainConfig, tokenizer) -> PromptFormat:
     """MetaICL's newline format in the recipe's direction, with a BOS first where the tokenizer adds one (as
     evaluation does: `prompts.prompt_format`)."""
@@ -149,7 +155,8 @@ def setup_training(config: TrainConfig, model_name: str, dtype: str, device: tor
 def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, split: str, device: str | None,
                      dtype: str, steps: int = 3) -> dict:
     """Time `steps` meta-steps of this recipe (after one warm-up step) on its own first episodes, in a throwaway
-    copy of the model: what `compare --budget seconds=S` divides S by. Median and all times, in seconds."""
+    copy of the model: what `compare --budget seconds=S` plans with. Returns the `times` and `tokens` of the
+    timed steps, their `median` seconds and `seconds_per_token` (total time / total tokens)."""
     from .models import pick_device
 
     dtype = check_update_dtype(dtype)
@@ -157,7 +164,7 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
     tasks = load_training_tasks(config, Path(data_dir), split)
     torch.manual_seed(config.seed)
     setup = setup_training(config, model_name, dtype, target)
-    times = []
+    times, tokens = [], []
     for step in range(steps + 1):
         episode = episode_of(config, tasks, step, setup.tokenize, setup.fmt)
         started = time.perf_counter()
@@ -166,8 +173,9 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
             torch.cuda.synchronize()
         if step:
             times.append(time.perf_counter() - started)
-    return {"median": sorted(times)[len(times) // 2], "times": [round(t, 3) for t in times],
-            "threads": torch.get_num_threads()}
+            tokens.append(episode_token_count(episode))
+    return {"median": sorted(times)[len(times) // 2], "times": [round(t, 3) for t in times], "tokens": tokens,
+            "seconds_per_token": sum(times) / sum(tokens), "threads": torch.get_num_threads()}
 
 
 def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
