@@ -380,3 +380,29 @@ def test_validation_needs_dev_files(tmp_path, tiny_data_dir, tiny_model_dir):
     with pytest.raises(UserError, match="cls_c_16_100_dev.jsonl: dev file not found"):
         run(tmp_path, tiny_data_dir, tiny_model_dir, eval_every=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_validation_reads_the_dev_file_of_the_shots_present(tiny_data_dir):
+    """`data hf --shots 8` writes `_8_` files only: validation scores those instead of asking for `_16_` ones."""
+    from maml_en_llm.tasks import read_examples
+    from maml_en_llm.validation import load_validation
+
+    for seed in (100, 13):
+        for task in ("cls_c", "cls_d"):
+            folder = tiny_data_dir / task
+            (folder / f"{task}_16_{seed}_dev.jsonl").rename(folder / f"{task}_8_{seed}_dev.jsonl")
+    config = make_config(None, {"eval_every": 1, "eval_seeds": 2, "eval_max_test": 3, "k": 2})
+    in_context, zero_shot = load_validation(config, tiny_data_dir, "tiny")
+    expected = read_examples(tiny_data_dir / "cls_c" / "cls_c_8_13_dev.jsonl", "cls_c")[:3]
+    cell = next(c for c in in_context.cells if (c.task, c.seed) == ("cls_c", 13))
+    assert cell.test == expected and len(cell.demonstrations) == 2 and len(zero_shot.cells) == 4
+
+
+def test_compare_checks_validation_dev_files_before_training(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
+    (tiny_data_dir / "cls_c" / "cls_c_16_100_dev.jsonl").unlink()
+    out = tmp_path / "cmp"
+    code = main(["compare", "--split", "tiny", "--data-dir", str(tiny_data_dir), "--model", str(tiny_model_dir),
+                 "--methods", "none,metaicl", "--steps", "1", "--k", "1", "--seeds", "100", "--out", str(out),
+                 "eval_every=1"])
+    assert code == 2 and "cls_c_16_100_dev.jsonl: dev file not found" in capsys.readouterr().err
+    assert not out.exists()

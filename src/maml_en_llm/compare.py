@@ -32,6 +32,7 @@ from .paths import atomic_write_text, check_output, default_data_dir, json_diges
 from .provenance import provenance
 from .tasks import Split
 from .train import load_training_tasks, train
+from .validation import load_validation
 
 SCHEMA = 2  # bump when a cached evaluation's content changes meaning
 # Recipe fields that compare's own flags set for every method, so a key=value would silently split train and eval.
@@ -260,6 +261,8 @@ def plan_compare(args, command_line: str) -> Plan:
                    config.support_size, config.query_size)
             if key not in pools:  # data problems surface here, before any training
                 pools[key] = load_training_tasks(config, data_dir, args.split, allow_overlap)
+            if config.eval_every:  # and those of in-training validation's dev files
+                load_validation(config, data_dir, args.split)
             if budget_given and budget_given[0] == "tokens":
                 if tokenizer is None:
                     from .models import load_tokenizer
@@ -330,7 +333,7 @@ def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
     in RUN/probe.json, so a resumed or re-run compare trains the same number of steps) applied to the run's own
     episodes: an episode's cost follows its length, which varies several-fold from step to step."""
     from .models import load_tokenizer
-    from .train import load_training_tasks, seconds_per_step
+    from .train import seconds_per_step
 
     path = run_dir / "probe.json"
     if path.exists():

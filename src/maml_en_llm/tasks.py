@@ -192,11 +192,12 @@ def demonstrations_file(data_dir: Path, task: str, seed: int, k: int) -> Path:
                     f"(`maml-en-llm data hf --shots {k}`)")
 
 
-def find_test_file(data_dir: Path, task: str, seed: int) -> Path:
-    """`<task>_16_<seed>_test.jsonl` (MetaICL's name), else the test file of the smallest K present."""
-    files = shot_files(data_dir, task, seed, "test")
+def find_test_file(data_dir: Path, task: str, seed: int, split: str = "test") -> Path:
+    """`<task>_16_<seed>_<split>.jsonl` (MetaICL's name; split "test" or "dev"), else that file of the smallest K
+    present (`data hf --shots K` writes K-shot files); the 16-shot name when there is none."""
+    files = shot_files(data_dir, task, seed, split)
     if 16 in files or not files:
-        return task_file(data_dir, task, 16, seed, "test")
+        return task_file(data_dir, task, 16, seed, split)
     return files[min(files)]
 
 
