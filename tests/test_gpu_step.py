@@ -55,3 +55,26 @@ def test_tiny_rows_on_cpu(gpu_step, tmp_path, capsys):
     else:
         assert all("no lora_rank field" in r["skipped"] for r in lora)
         assert "no lora_rank field" in table
+
+
+def test_first_maml_meta_gradient_under_lora_grows_as_one_over_adam_eps(tmp_path):
+    """benchmarks/first_meta_step.py's claim (docs/training.md): LoRA's B starts at 0, so A's support gradients
+    are 0 and differentiating through the first shared-Adam inner step adds a term of order 1 / adam_eps to
+    second-order maml's first meta-gradient; fomaml's is independent of adam_eps; step 2 is back to normal."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("first_meta_step", SCRIPT.parent / "first_meta_step.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    model = script.write_model(tmp_path / "model", "tiny", "cpu")
+    data = script.write_tasks(tmp_path / "data", example_chars=40)
+    norms = {(method, eps): script.grad_norms(method, 4, eps, model, data, tmp_path / f"{method}-{eps}")
+             for method in ("fomaml", "maml") for eps in (1e-8, 1e-6)}
+    assert norms["fomaml", 1e-8][0] == pytest.approx(norms["fomaml", 1e-6][0], rel=1e-3)
+    assert norms["maml", 1e-8][0] > 1000 * norms["fomaml", 1e-8][0]
+    assert norms["maml", 1e-8][0] / norms["maml", 1e-6][0] == pytest.approx(100, rel=0.2)
+    assert norms["maml", 1e-8][1] < 10 * norms["fomaml", 1e-8][1]
