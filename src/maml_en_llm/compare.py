@@ -325,7 +325,7 @@ def _read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-PROBE_STEPS = 3
+PROBE_STEPS = 5
 
 
 def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:

@@ -156,7 +156,8 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
                      dtype: str, steps: int = 3) -> dict:
     """Time `steps` meta-steps of this recipe (after one warm-up step) on its own first episodes, in a throwaway
     copy of the model: what `compare --budget seconds=S` plans with. Returns the `times` and `tokens` of the
-    timed steps, their `median` seconds and `seconds_per_token` (total time / total tokens)."""
+    timed steps, their `median` seconds and `seconds_per_token`: the median over the steps of seconds / tokens (a
+    step that meets a longer batch than any before it also pays for the allocator's growth, once)."""
     from .models import pick_device
 
     dtype = check_update_dtype(dtype)
@@ -174,8 +175,9 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
         if step:
             times.append(time.perf_counter() - started)
             tokens.append(episode_token_count(episode))
+    rates = sorted(t / n for t, n in zip(times, tokens))
     return {"median": sorted(times)[len(times) // 2], "times": [round(t, 3) for t in times], "tokens": tokens,
-            "seconds_per_token": sum(times) / sum(tokens), "threads": torch.get_num_threads()}
+            "seconds_per_token": rates[len(rates) // 2], "threads": torch.get_num_threads()}
 
 
 def build_model(config: TrainConfig, model_name: str, dtype: str, device: torch.device):
