@@ -158,7 +158,8 @@ def format_markdown(report: dict) -> str:
     budget_line = {"tokens": f"equal training tokens: {budget.get('tokens')} per method (meta-steps derived per "
                              "method)",
                    "seconds": f"equal wall-clock: {budget.get('seconds'):g} s of meta-steps per method (meta-steps "
-                              "planned from each method's timed seconds per training token)" if budget.get("seconds") else "",
+                              "planned from each method's timed seconds per training token)"
+                   if budget.get("seconds") else "",
                    "steps": f"equal meta-steps: {budget.get('steps')} per method (from {budget['source']})"
                    }[budget["equalised"]]
     s = report["eval"]
