@@ -176,7 +176,7 @@ def seconds_per_step(config: TrainConfig, *, model_name: str, data_dir: Path, sp
             times.append(time.perf_counter() - started)
             tokens.append(episode_token_count(episode))
     rates = sorted(t / n for t, n in zip(times, tokens))
-    return {"median": sorted(times)[len(times) // 2], "times": [round(t, 3) for t in times], "tokens": tokens,
+    return {"median": sorted(times)[len(times) // 2], "times": [round(t, 6) for t in times], "tokens": tokens,
             "seconds_per_token": rates[len(rates) // 2], "threads": torch.get_num_threads()}
 
 
