@@ -4,11 +4,12 @@ At the first meta-step the shared moments are zero, so the inner Adam step moves
 inner_lr * g / (|g| + eps): nearly sign(g). Its derivative with respect to g is about inner_lr * eps / (|g| + eps)^2,
 which is inner_lr / eps where g is 0. Second-order MAML differentiates through that step, so its meta-gradient
 picks up a term of order 1 / eps from every weight whose support gradient is (near) zero. Under LoRA that is every
-A matrix: B starts at zero, so the loss does not depend on A at the first step, and the first meta-gradient
-grows as 1 / adam_eps. Under full fine-tuning few gradients are exactly zero and the first meta-gradient is only
-a few times first-order's. First-order MAML does not differentiate through the step and is unaffected. The meta-gradient is clipped (max_grad_norm) before the outer
-step, so the damage is bounded by one outer step in a wrong direction, but that step also fills the outer Adam's
-second moments, which damp those weights' later steps.
+A matrix: B starts at zero, so the loss's gradient with respect to A is zero at the first step, and the first
+meta-gradient grows as 1 / adam_eps. Under full fine-tuning few gradients are exactly zero and the first
+meta-gradient is only a few times first-order's. First-order MAML does not differentiate through the step and is
+unaffected. The meta-gradient is clipped (max_grad_norm) before the outer step, so the damage is bounded by one
+outer step in a wrong direction, but that step also fills the outer Adam's second moments, which damp those
+weights' later steps.
 
 This script trains 2 meta-steps of each (method, full/LoRA, adam_eps) on a random tiny Llama and synthetic tasks
 (benchmarks/gpu_step.py's), with the real train loop, and prints the meta-gradient norm before clipping

@@ -267,7 +267,8 @@ def _next_episode_tokens(run_dir, step, tiny_model_dir, data_dir):
     config = make_config(run_dir / "config.yaml")
     tokenizer = load_tokenizer(str(tiny_model_dir))
     tasks = load_training_tasks(config, data_dir, "tiny")
-    return episode_token_count(episode_of(config, tasks, step, make_tokenize(tokenizer), training_format(config, tokenizer)))
+    episode = episode_of(config, tasks, step, make_tokenize(tokenizer), training_format(config, tokenizer))
+    return episode_token_count(episode)
 
 
 @pytest.mark.parametrize("budget, message", [

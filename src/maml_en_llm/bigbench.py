@@ -398,7 +398,8 @@ def build_collection(archive: Path | None = None, out: Path | None = None, max_p
     max_pool = min(max_pool, POOL_K)
     settings = builtin_settings()
     options = {"converter_version": CONVERTER_VERSION, "max_per_task": max_pool, "min_examples": MIN_EXAMPLES,
-               "max_test": MAX_TEST, "shots": SHOTS, "seeds": list(EVAL_SEEDS), "settings_sha256": json_digest(settings)}
+               "max_test": MAX_TEST, "shots": SHOTS, "seeds": list(EVAL_SEEDS),
+               "settings_sha256": json_digest(settings)}
     existing = _read_manifest(out) if out.exists() else None
 
     def up_to_date(archive_sha: str) -> bool:

@@ -50,6 +50,7 @@ class Row:
     sweep_value: str | None = None
     run_name: str | None = None  # "<method>-<hash8>"
     evals: dict = dataclasses.field(default_factory=dict)  # variant -> (cache key, file name): icl + diagnostics
+    tasks: list | None = None  # its training tasks, loaded and checked while planning
 
 
 @dataclass
@@ -270,7 +271,7 @@ def plan_compare(args, command_line: str) -> Plan:
                     tokenizer = load_tokenizer(args.model)
                 steps, _ = steps_for_tokens(config, pools[key], tokenizer, budget_given[1])
                 config = dataclasses.replace(config, steps=steps)
-            row.config = config
+            row.config, row.tasks = config, pools[key]
             recipe = config.to_dict()
             if budget_given and budget_given[0] == "seconds":  # steps come from a timed probe (train_row)
                 recipe = {**recipe, "steps": None, "seconds_budget": budget_given[1]}
@@ -345,8 +346,7 @@ def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
         atomic_write_text(path, json.dumps(probe) + "\n")
     if "seconds_per_token" not in probe:  # a probe.json written before the per-token plan: keep its run's steps
         return max(1, int(plan.budget["seconds"] // probe["median"]))
-    tasks = load_training_tasks(row.config, plan.data_dir, plan.split_spec, plan.allow_train_test_overlap)
-    return steps_for_seconds(row.config, tasks, load_tokenizer(plan.model), plan.budget["seconds"],
+    return steps_for_seconds(row.config, row.tasks, load_tokenizer(plan.model), plan.budget["seconds"],
                              probe["seconds_per_token"])
 
 
@@ -375,7 +375,8 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
             "tokens": metrics[-1]["total_tokens"] if metrics else 0,
             "step_seconds": round(sum(m["seconds"] for m in metrics), 2),
             "wall_seconds": timing.get("wall_seconds"),
-            "probe_seconds_per_token": json.loads(probe.read_text()).get("seconds_per_token") if probe.exists() else None}
+            "probe_seconds_per_token": (json.loads(probe.read_text()).get("seconds_per_token")
+                                        if probe.exists() else None)}
 
 
 def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:

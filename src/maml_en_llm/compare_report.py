@@ -70,8 +70,9 @@ def _task_means(cells: dict) -> dict:
 
 
 def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
-    """Paired tests over task x seed cells and over task means (the verdict). Without a sweep: MAML-en-LLM (maml, else fomaml, else the first trained
-    method) against every other row, MetaICL first (the headline); with a sweep: every value against the first."""
+    """Paired tests over task x seed cells and over task means (the verdict). Without a sweep: MAML-en-LLM (maml,
+    else fomaml, else the first trained method) against every other row, MetaICL first (the headline); with a
+    sweep: every value against the first."""
     by_label = {row["label"]: row for row in rows}
     if sweep:
         trained = [row["label"] for row in rows if row["method"] != BASE]

@@ -192,7 +192,7 @@ def demonstrations_file(data_dir: Path, task: str, seed: int, k: int) -> Path:
                     f"(`maml-en-llm data hf --shots {k}`)")
 
 
-def find_test_file(data_dir: Path, task: str, seed: int, split: str = "test") -> Path:
+def find_eval_file(data_dir: Path, task: str, seed: int, split: str = "test") -> Path:
     """`<task>_16_<seed>_<split>.jsonl` (MetaICL's name; split "test" or "dev"), else that file of the smallest K
     present (`data hf --shots K` writes K-shot files); the 16-shot name when there is none."""
     files = shot_files(data_dir, task, seed, split)
@@ -214,10 +214,10 @@ def load_demonstrations(data_dir: Path, task: str, seed: int, k: int) -> list[Ex
 
 
 def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None) -> list[Example]:
-    """The seed's test file (`find_test_file`), its first `max_test` examples when given; every example needs >= 2
+    """The seed's test file (`find_eval_file`), its first `max_test` examples when given; every example needs >= 2
     options."""
     check_task_name(task, str(data_dir))
-    path = find_test_file(data_dir, task, seed)
+    path = find_eval_file(data_dir, task, seed)
     examples = read_examples(path, task)
     for line_no, example in enumerate(examples, start=1):
         if len(example.options) < 2:
@@ -315,7 +315,7 @@ def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("tr
             if part == "train":
                 wanted = [task_file(data_dir, task, POOL_K, POOL_SEED, "train")]
             else:
-                wanted = [find_test_file(data_dir, task, seed) for seed in seeds]
+                wanted = [find_eval_file(data_dir, task, seed) for seed in seeds]
             missing = [p for p in wanted if not p.is_file()]
             if missing:
                 raise UserError(

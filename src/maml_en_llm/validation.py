@@ -4,8 +4,8 @@ Every N meta-steps (and once before the first), the model in training is scored 
 split's test tasks, never their test files: for each task and seed (the first `eval_seeds` of 100, 13, 21, 42,
 87), the first `eval_k` examples of `<task>_16_<seed>_train.jsonl` are the demonstrations and the first
 `eval_max_test` examples of `<task>_16_<seed>_dev.jsonl` (else the dev file of the smallest K present) are scored,
-with the same option scoring and metrics as `maml-en-llm eval`. The same dev examples are also scored zero-shot, so the curve shows the ICL gain
-(in-context minus zero-shot) as well: a model that only learns a better zero-shot prior does not raise it.
+with the same option scoring and metrics as `maml-en-llm eval`. The same dev examples are also scored zero-shot,
+so the curve shows the ICL gain (in-context minus zero-shot) as well: a model that only learns a better zero-shot prior does not raise it.
 
 Results go to `RUN_DIR/validation.jsonl`, one line per validation: step, total_tokens, icl, zero_shot, icl_gain
 (averages over tasks, in percent), per-task values and the seconds it took (not counted in training time).
@@ -20,7 +20,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import UserError
 from .evaluate import EvalCell, EvalData, evaluate_data
-from .tasks import EVAL_SEEDS, find_test_file, load_demonstrations, load_split, load_task_meta, read_examples
+from .tasks import EVAL_SEEDS, find_eval_file, load_demonstrations, load_split, load_task_meta, read_examples
 
 
 def load_validation(config: TrainConfig, data_dir: Path, split_spec: str) -> tuple[EvalData, EvalData]:
@@ -32,7 +32,7 @@ def load_validation(config: TrainConfig, data_dir: Path, split_spec: str) -> tup
     cells, task_types = [], {}
     for task in tasks:
         for seed in seeds:
-            path = find_test_file(data_dir, task, seed, "dev")
+            path = find_eval_file(data_dir, task, seed, "dev")
             if not path.is_file():
                 raise UserError(f"{path}: dev file not found; in-training validation (eval_every) scores the test "
                                 "tasks' dev files: add them, or set eval_every=0")
