@@ -350,3 +350,27 @@ def test_probe_written_before_the_token_rate_keeps_its_run_steps(tmp_path):
     (tmp_path / "probe.json").write_text(json.dumps({"median": 4.0, "times": [4.0, 3.0, 5.0], "threads": 1}))
     plan = SimpleNamespace(budget={"equalised": "seconds", "seconds": 90.0})
     assert compare_module.probe_steps(plan, SimpleNamespace(label="metaicl"), tmp_path) == 22
+
+
+def test_memory_is_handed_back_after_each_training_and_each_evaluation(tmp_path, tiny_model_dir, data_dir,
+                                                                       monkeypatch):
+    """A compare process trains rows one after another, then evaluates: what one stage freed must not stay in the
+    process's heap while the next runs (models.release_memory; a 5 GB difference on the default model)."""
+    events = []
+    real_train, real_evaluate = compare_module.train, compare_module.evaluate_model
+
+    def train(config, **kwargs):
+        events.append(f"train {config.method}")
+        return real_train(config, **kwargs)
+
+    def evaluate(model, tokenizer, **kwargs):
+        events.append("evaluate")
+        return real_evaluate(model, tokenizer, **kwargs)
+
+    monkeypatch.setattr(compare_module, "train", train)
+    monkeypatch.setattr(compare_module, "evaluate_model", evaluate)
+    monkeypatch.setattr(compare_module, "release_memory", lambda: events.append("release"))
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--diagnostics", "none", methods="none,metaicl,fomaml",
+                             budget=("--steps", "1"))) == 0
+    assert events == ["train metaicl", "release", "train fomaml", "release", *["evaluate", "release"] * 3]

@@ -25,6 +25,7 @@ import yaml
 
 from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
+from .models import release_memory
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
                              plot_curves)
@@ -366,6 +367,7 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
               resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
               allow_train_test_overlap=plan.allow_train_test_overlap)
         seconds = time.perf_counter() - started
+        release_memory()  # the next row trains, or the evaluations run, in this process
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
         atomic_write_text(timing_path, json.dumps({"wall_seconds": round(before + seconds, 2)}) + "\n")
     metrics = _read_metrics(run_dir)
@@ -409,6 +411,7 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
                             demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"],
                             journal=journal, model_id=model_fingerprint(source))
     del model
+    release_memory()
     cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
               "result": result}
     atomic_write_text(path, json.dumps(_clean(cached), indent=1) + "\n")
