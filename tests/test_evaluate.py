@@ -2,6 +2,7 @@
 results.json, bad inputs (exit 2, nothing written) and adaptation (original weights untouched, loss goes down)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from maml_en_llm import evaluate
 from maml_en_llm.adapt import adapt, adaptation_sequences, demonstration_loss
 from maml_en_llm.cli import main
+from maml_en_llm.errors import UserError
 from maml_en_llm.metrics import macro_f1
 from maml_en_llm.prompts import PromptFormat, encode_prefix, make_tokenize
 from maml_en_llm.tasks import Example
@@ -318,3 +320,38 @@ def test_journal_is_reused_only_under_the_same_settings(tiny_model_dir, tiny_dat
     assert len(calls) == 2 * cells
     run(2, {"source": "another model"})
     assert len(calls) == 3 * cells
+
+
+def test_dev_examples_are_scored_instead_of_test_ones(monkeypatch, tokenizer, tiny_data_dir):
+    """--examples dev: the same demonstrations, each seed's dev file as the scored examples (for choosing settings
+    without looking at the test set)."""
+    scorer = RecordingScorer(lambda e: e.output)
+    monkeypatch.setattr(evaluate, "score_options", scorer)
+    results = evaluate.evaluate_model(torch.nn.Linear(1, 1), tokenizer, data_dir=tiny_data_dir, split="tiny", k=2,
+                                      seeds=[21], max_test=6, progress=False, examples="dev")
+    for call, task in zip(scorer.calls, ["cls_c", "cls_d"], strict=True):
+        dev = read_jsonl(tiny_data_dir / task / f"{task}_16_21_dev.jsonl")[:6]
+        test = read_jsonl(tiny_data_dir / task / f"{task}_16_21_test.jsonl")[:6]
+        assert [e.input for e in call["examples"]] == [r["input"] for r in dev] != [r["input"] for r in test]
+    assert results["examples"] == "dev"
+    default = evaluate.evaluate_model(torch.nn.Linear(1, 1), tokenizer, data_dir=tiny_data_dir, split="tiny", k=2,
+                                      seeds=[21], max_test=6, progress=False)
+    assert default["examples"] == "test"
+    with pytest.raises(UserError, match="--examples"):
+        evaluate.load_eval_data(tiny_data_dir, "tiny", 2, [21], examples="train")
+
+
+def test_cli_dev_examples_say_so_and_a_missing_dev_file_exits_2(tiny_model_dir, tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(eval_args(tiny_model_dir, tiny_data_dir, out, "--examples", "dev")) == 0
+    assert json.loads((out / "results.json").read_text())["examples"] == "dev"
+    assert "(dev examples)" in capsys.readouterr().out
+
+    data = tmp_path / "no_dev"
+    shutil.copytree(tiny_data_dir, data)
+    (data / "cls_d" / "cls_d_16_13_dev.jsonl").unlink()
+    out = tmp_path / "out2"
+    assert main(eval_args(tiny_model_dir, data, out, "--examples", "dev")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cls_d_16_13_dev.jsonl" in err and not out.exists()
+    assert main(eval_args(tiny_model_dir, data, out)) == 0  # the test files are all there

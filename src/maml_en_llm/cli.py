@@ -103,6 +103,9 @@ def _add_eval_args(p: argparse.ArgumentParser, k_default: int | None = 16) -> No
     p.add_argument("--adapt-lr", type=float, default=1e-5, help="learning rate of adaptation (default 1e-5)")
     p.add_argument("--adapt-optimizer", default="adam", choices=["sgd", "adam"], help="adaptation optimizer")
     if k_default is not None:  # eval
+        p.add_argument("--examples", default="test", choices=["test", "dev"],
+                       help="score each seed's test examples (default) or its dev examples, which are disjoint from "
+                            "them: choose settings (an adaptation rate, k, a prompt) on dev, report on test")
         p.add_argument("--demo-labels", default="gold", choices=["gold", "random", "symbols"],
                        help="diagnostics: gold labels (default); random labels in the demonstrations; or the labels "
                             "renamed to arbitrary words in demonstrations and test examples (does the model read "

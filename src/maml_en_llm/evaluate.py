@@ -40,6 +40,7 @@ from .tasks import Example, Split, check_split_data, load_demonstrations, load_s
 
 
 JOURNAL = "results.partial.jsonl"
+EXAMPLE_FILES = ("test", "dev")  # eval --examples: which file of each seed is scored
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class EvalData:
     max_test: int | None
     task_types: dict[str, str]
     cells: list[EvalCell]
+    examples: str = "test"  # which file of each seed the scored examples come from: test or dev
 
 
 def _missing_data_dir(data_dir: Path) -> UserError:
@@ -80,8 +82,11 @@ def select_tasks(split: Split, tasks: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def load_eval_data(data_dir: Path | str | None, split: str | Split, k: int, seeds: Sequence[int],
-                   max_test: int | None = None, tasks: Sequence[str] | None = None) -> EvalData:
-    """Read and check every demonstration and test file the evaluation needs (UserError naming what is wrong)."""
+                   max_test: int | None = None, tasks: Sequence[str] | None = None,
+                   examples: str = "test") -> EvalData:
+    """Read and check every demonstration and test file the evaluation needs (UserError naming what is wrong).
+    `examples="dev"` scores each seed's dev examples instead of its test examples, to choose settings without
+    looking at the test set."""
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     if not data_dir.is_dir():
         raise _missing_data_dir(data_dir)
@@ -93,13 +98,15 @@ def load_eval_data(data_dir: Path | str | None, split: str | Split, k: int, seed
         raise UserError(f"--seeds {list(seeds)} repeats a seed; give each seed once")
     if max_test is not None and max_test < 1:
         raise UserError(f"--max-test must be >= 1, got {max_test}")
+    if examples not in EXAMPLE_FILES:
+        raise UserError(f"--examples must be one of {list(EXAMPLE_FILES)}, got {examples!r}")
     split = split if isinstance(split, Split) else load_split(split, data_dir)
     selected = select_tasks(split, tasks)
-    check_split_data(replace(split, test=selected), data_dir, parts=("test",), seeds=tuple(seeds))
+    check_split_data(replace(split, test=selected), data_dir, parts=("test",), seeds=tuple(seeds), examples=examples)
     cells, task_types = [], {}
     for task in selected:
         for seed in seeds:
-            test = load_test(data_dir, task, seed, max_test)
+            test = load_test(data_dir, task, seed, max_test, examples)
             cells.append(EvalCell(task, seed, load_demonstrations(data_dir, task, seed, k), test))
             if task not in task_types:
                 meta = load_task_meta(data_dir, task, test)
@@ -113,7 +120,7 @@ def load_eval_data(data_dir: Path | str | None, split: str | Split, k: int, seed
                     raise UserError(f"{data_dir}/config/tasks/{task}.json: task_type {meta.task_type!r} cannot be "
                                     "scored by options; remove the task from the split's test list")
                 task_types[task] = meta.task_type
-    return EvalData(data_dir, split, selected, tuple(seeds), k, max_test, task_types, cells)
+    return EvalData(data_dir, split, selected, tuple(seeds), k, max_test, task_types, cells, examples)
 
 
 def check_eval_settings(k: int, batch_size: int, adapt_steps: int, adapt_lr: float, adapt_optimizer: str,
@@ -247,7 +254,8 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
         "data_dir": str(data.data_dir), "split": [data.split.name, data.split.source], "tasks": list(data.tasks),
         "seeds": list(data.seeds), "k": data.k, "max_test": data.max_test, "prompt": method, "format": fmt.name,
         "bos": fmt.bos_id, "demo_labels": demo_labels, "batch_size": batch_size,
-        "adapt": [adapt_steps, adapt_lr, adapt_optimizer] if adapt_steps > 0 else None})
+        "adapt": [adapt_steps, adapt_lr, adapt_optimizer] if adapt_steps > 0 else None,
+        **({"examples": data.examples} if data.examples != "test" else {})})
     done = read_journal(journal, digest)
     bar = tqdm(data.cells, desc="eval", unit="seed", disable=not progress, dynamic_ncols=True)
     for cell in bar:
@@ -271,7 +279,7 @@ def evaluate_data(model: torch.nn.Module, tokenizer, data: EvalData, *, method: 
         "model": getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
         "split": data.split.name, "split_file": data.split.source, "data_dir": str(data.data_dir),
         "k": data.k, "prompt": method, "format": fmt.name, "bos": fmt.bos_id is not None, "seeds": list(data.seeds),
-        "max_test": data.max_test, "batch_size": batch_size, "demo_labels": demo_labels,
+        "max_test": data.max_test, "examples": data.examples, "batch_size": batch_size, "demo_labels": demo_labels,
         "demo_labels_applied": {task: relabelled[task] for task in data.tasks},
         **_block(data, in_context),
         "scoring": {"sequences": stats.get("sequences", 0), "tokens": stats.get("tokens", 0),
@@ -295,14 +303,16 @@ def evaluate_model(model: torch.nn.Module, tokenizer, *, data_dir, split, k: int
                    method: str = "direct", max_test: int | None = None, tasks: Sequence[str] | None = None,
                    batch_size: int = 16, adapt_steps: int = 0, adapt_lr: float = 1e-5, adapt_optimizer: str = "adam",
                    format: str = "auto", bos: str = "auto", demo_labels: str = "gold",
-                   progress: bool = True, journal: Path | None = None, model_id: dict | None = None) -> dict:
+                   progress: bool = True, journal: Path | None = None, model_id: dict | None = None,
+                   examples: str = "test") -> dict:
     """In-context (and, with adapt_steps > 0, adapted) results of an in-memory model: the `results.json`
     structure without command, hardware and wall time. The model's weights are left as they were.
     `journal`, `model_id`: resume an interrupted evaluation (`evaluate_data`).
 
     `format`: "auto" (MetaICL's choice, `resolve_format`), "newline" or "space"; `bos`: "auto" (where the
-    tokenizer adds one), "yes" or "no" (see `prompts.prompt_format`)."""
-    data = load_eval_data(data_dir, split, k, seeds, max_test, tasks)
+    tokenizer adds one), "yes" or "no" (see `prompts.prompt_format`). `examples`: "test" or "dev" (which file of
+    each seed is scored)."""
+    data = load_eval_data(data_dir, split, k, seeds, max_test, tasks, examples)
     return evaluate_data(model, tokenizer, data, method=method, batch_size=batch_size, adapt_steps=adapt_steps,
                          adapt_lr=adapt_lr, adapt_optimizer=adapt_optimizer, format=format, bos=bos,
                          demo_labels=demo_labels, progress=progress, journal=journal, model_id=model_id)
@@ -353,7 +363,8 @@ def format_table(block: dict, seeds: Sequence[int], title: str) -> str:
 
 def format_results(results: dict) -> str:
     head = (f"{results['model']}  k={results['k']}  {results['prompt']}  {results['format']} format"
-            f"{'  BOS' if results.get('bos') else ''}  split {results['split']}")
+            f"{'  BOS' if results.get('bos') else ''}  split {results['split']}"
+            f"{'  (dev examples)' if results.get('examples') == 'dev' else ''}")
     text = format_table(results, results["seeds"], f"In-context: {head}")
     if "adapted" in results:
         a = results["adaptation"]
@@ -372,7 +383,7 @@ def run_eval(args, command_line: str) -> None:
     out = check_output(Path(args.out), "--out", folder=True)  # a folder that will hold results.json
     check_eval_settings(args.k, args.batch_size, args.adapt_steps, args.adapt_lr, args.adapt_optimizer,
                         args.format, args.bos)
-    data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks)
+    data = load_eval_data(data_dir, args.split, args.k, args.seeds, args.max_test, args.tasks, args.examples)
     if args.adapt_steps > 0 and args.dtype == "float16":
         from .precision import check_update_dtype
 

@@ -213,11 +213,11 @@ def load_demonstrations(data_dir: Path, task: str, seed: int, k: int) -> list[Ex
     return examples[:k]
 
 
-def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None) -> list[Example]:
-    """The seed's test file (`find_eval_file`), its first `max_test` examples when given; every example needs >= 2
-    options."""
+def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None, part: str = "test") -> list[Example]:
+    """The seed's test file (`find_eval_file`; its dev file with part="dev"), its first `max_test` examples when
+    given; every example needs >= 2 options."""
     check_task_name(task, str(data_dir))
-    path = find_eval_file(data_dir, task, seed)
+    path = find_eval_file(data_dir, task, seed, part)
     examples = read_examples(path, task)
     for line_no, example in enumerate(examples, start=1):
         if len(example.options) < 2:
@@ -305,8 +305,10 @@ def check_train_test_overlap(split: Split, allow: bool = False) -> list[str]:
     return shared
 
 
-def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("train", "test"), seeds=EVAL_SEEDS) -> None:
-    """Fail early, naming the task, when a split names a task with no data in `data_dir`."""
+def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("train", "test"), seeds=EVAL_SEEDS,
+                     examples: str = "test") -> None:
+    """Fail early, naming the task, when a split names a task with no data in `data_dir`. A test task needs the
+    seeds' `examples` files: test, or dev (eval --examples dev)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: data folder not found; run `maml-en-llm data bigbench` or pass --data-dir")
@@ -315,7 +317,7 @@ def check_split_data(split: Split, data_dir: Path, parts: tuple[str, ...] = ("tr
             if part == "train":
                 wanted = [task_file(data_dir, task, POOL_K, POOL_SEED, "train")]
             else:
-                wanted = [find_eval_file(data_dir, task, seed) for seed in seeds]
+                wanted = [find_eval_file(data_dir, task, seed, examples) for seed in seeds]
             missing = [p for p in wanted if not p.is_file()]
             if missing:
                 raise UserError(
