@@ -34,6 +34,20 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl,maml --diagnostics none --budget tokens=100000 --adapt-steps 1 --adapt-lr 1e-4 \
       "${EVAL[@]}" --out "$OUT/adapted" ;;
+  # Table 1d': the adaptation setting chosen on dev examples (adapt-search), applied to the models of Table 1
+  adapted-dev)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,maml --diagnostics none --budget tokens=100000 --adapt-steps 1 --adapt-lr 3e-6 \
+      --adapt-optimizer adam "${EVAL[@]}" --out "$OUT/adapted-dev" ;;
+  # Section 4: adaptation settings for the untrained model, scored on each seed's 16 dev examples (not the test
+  # set) in context and after adaptation; adapted-dev uses the best of them
+  adapt-search)
+    for setting in "1 1e-5 adam" "1 3e-6 adam" "1 1e-1 sgd" "1 1 sgd" "4 3e-6 adam"; do
+      read -r steps lr optimizer <<< "$setting"
+      [ -f "$OUT/adapt-dev/$optimizer-$lr-s$steps/results.json" ] && continue
+      maml-en-llm eval --split study/splits/social.json --k 4 --seeds 100,13,21,42,87 --examples dev \
+        --adapt-steps "$steps" --adapt-lr "$lr" --adapt-optimizer "$optimizer" --out "$OUT/adapt-dev/$optimizer-$lr-s$steps"
+    done ;;
   # Table 1e: limited meta-training data: each training task keeps its first 10 examples (the fewest that split
   # into a disjoint support and query part at k=4)
   limited)
@@ -47,5 +61,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|limited|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
