@@ -435,7 +435,8 @@ def run_compare(args, command_line: str) -> dict:
     started = time.perf_counter()
     plan = plan_compare(args, command_line)
     trained = [row for row in plan.rows if row.method != BASE]
-    print(f"compare: {len(plan.rows)} rows ({', '.join(row.label for row in plan.rows)}) on {plan.split.name}, "
+    count = f"{len(plan.rows)} row{'s' if len(plan.rows) != 1 else ''}"
+    print(f"compare: {count} ({', '.join(row.label for row in plan.rows)}) on {plan.split.name}, "
           f"budget: {plan.budget['equalised']}, output in {plan.out}", flush=True)
     plan.out.mkdir(parents=True, exist_ok=True)
 
