@@ -25,8 +25,8 @@ import yaml
 
 from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
-from .models import release_memory
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
+from .models import release_memory
 from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
                              plot_curves)
 from .paths import atomic_write_text, check_output, default_data_dir, json_digest

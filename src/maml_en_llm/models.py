@@ -189,7 +189,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 def release_memory() -> bool:
     """Hand memory that freed tensors left behind back to the operating system, between the stages of a long
     process (compare trains, then evaluates). On Linux, glibc's allocator keeps the heap a training run grew: a
-    compare process held 5.3 GB after training MetaICL on the default model, and 0.5 GB after malloc_trim
+    compare process held 5.2 GiB after training MetaICL on the default model, and 0.5 GiB after malloc_trim
     (docs/benchmarks.md). Returns whether malloc_trim ran (False where there is no glibc)."""
     import gc
 
