@@ -48,6 +48,11 @@ case "${1:-}" in
       maml-en-llm eval --split study/splits/social.json --k 4 --seeds 100,13,21,42,87 --examples dev \
         --adapt-steps "$steps" --adapt-lr "$lr" --adapt-optimizer "$optimizer" --out "$OUT/adapt-dev/$optimizer-$lr-s$steps"
     done ;;
+  # Section 4: the untrained model and Table 1's MetaICL model scored with the noisy channel (needs `methods` first)
+  channel)
+    maml-en-llm eval --split study/splits/social.json --prompt channel "${EVAL[@]}" --out "$OUT/channel/none"
+    maml-en-llm eval --model "$OUT/social/runs/metaicl-f19fcb85/final" --split study/splits/social.json \
+      --prompt channel "${EVAL[@]}" --out "$OUT/channel/metaicl" ;;
   # Table 1e: limited meta-training data: each training task keeps its first 10 examples (the fewest that split
   # into a disjoint support and query part at k=4)
   limited)
@@ -61,5 +66,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
