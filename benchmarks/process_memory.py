@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import gc
+import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cost import rss_mb  # noqa: E402
+
 
 def resident() -> str:
-    """VmRSS (now) and VmHWM (peak) of this process, in GiB."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    gib = {key: int(fields[key].split()[0]) / 2**20 for key in ("VmRSS", "VmHWM")}
-    return f"resident {gib['VmRSS']:.2f} GiB (peak so far {gib['VmHWM']:.2f} GiB)"
+    """Resident memory of this process now and at its peak (ru_maxrss, KiB on Linux), in GiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return f"resident {rss_mb() / 1024:.2f} GiB (peak so far {peak:.2f} GiB)"
 
 
 def main() -> None:

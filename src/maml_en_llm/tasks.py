@@ -213,11 +213,12 @@ def load_demonstrations(data_dir: Path, task: str, seed: int, k: int) -> list[Ex
     return examples[:k]
 
 
-def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None, part: str = "test") -> list[Example]:
-    """The seed's test file (`find_eval_file`; its dev file with part="dev"), its first `max_test` examples when
-    given; every example needs >= 2 options."""
+def load_test(data_dir: Path, task: str, seed: int, max_test: int | None = None,
+              examples: str = "test") -> list[Example]:
+    """The seed's test file (`find_eval_file`; its dev file with examples="dev"), its first `max_test` examples
+    when given; every example needs >= 2 options."""
     check_task_name(task, str(data_dir))
-    path = find_eval_file(data_dir, task, seed, part)
+    path = find_eval_file(data_dir, task, seed, examples)
     examples = read_examples(path, task)
     for line_no, example in enumerate(examples, start=1):
         if len(example.options) < 2:

@@ -5,7 +5,8 @@ split's test tasks, never their test files: for each task and seed (the first `e
 87), the first `eval_k` examples of `<task>_16_<seed>_train.jsonl` are the demonstrations and the first
 `eval_max_test` examples of `<task>_16_<seed>_dev.jsonl` (else the dev file of the smallest K present) are scored,
 with the same option scoring and metrics as `maml-en-llm eval`. The same dev examples are also scored zero-shot,
-so the curve shows the ICL gain (in-context minus zero-shot) as well: a model that only learns a better zero-shot prior does not raise it.
+so the curve shows the ICL gain (in-context minus zero-shot) as well: a model that only learns a better zero-shot
+prior does not raise it.
 
 Results go to `RUN_DIR/validation.jsonl`, one line per validation: step, total_tokens, icl, zero_shot, icl_gain
 (averages over tasks, in percent), per-task values and the seconds it took (not counted in training time).
