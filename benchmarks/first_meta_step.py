@@ -13,7 +13,8 @@ weights' later steps.
 
 This script trains 2 meta-steps of each (method, full/LoRA, adam_eps) on a random tiny Llama and synthetic tasks
 (benchmarks/gpu_step.py's), with the real train loop, and prints the meta-gradient norm before clipping
-(`grad_norm` in metrics.jsonl) of each step. CPU, under a minute:
+(`grad_norm` in metrics.jsonl) of each step. Two more maml rows raise only the inner steps' epsilon
+(`inner_adam_eps`), leaving the outer AdamW's at 1e-8. CPU, under a minute:
 
     PYTHONPATH=src python benchmarks/first_meta_step.py
 """
@@ -34,12 +35,14 @@ RECIPE = dict(steps=2, k=2, tasks_per_step=2, support_size=1, query_size=1, lr=1
               checkpoint_every=0, seed=0)
 
 
-def grad_norms(method: str, lora_rank: int, adam_eps: float, model: Path, data: Path, out: Path) -> list[float]:
+def grad_norms(method: str, lora_rank: int, adam_eps: float, model: Path, data: Path, out: Path,
+               inner_adam_eps: float | None = None) -> list[float]:
     """The meta-gradient norms before clipping of a 2-step run of this recipe."""
     from maml_en_llm.config import make_config
     from maml_en_llm.train import train
 
-    config = make_config(overrides={**RECIPE, "method": method, "lora_rank": lora_rank, "adam_eps": adam_eps})
+    config = make_config(overrides={**RECIPE, "method": method, "lora_rank": lora_rank, "adam_eps": adam_eps,
+                                    "inner_adam_eps": inner_adam_eps})
     with contextlib.redirect_stdout(io.StringIO()):  # the run's own messages
         train(config, model_name=str(model), data_dir=data, split="bench", out_dir=out, device="cpu",
               dtype="float32", progress=False)
@@ -54,14 +57,17 @@ def main() -> None:
         work = Path(work)
         model = write_model(work / "model", "tiny", "cpu")
         data = write_tasks(work / "data", example_chars=40)
-        print("| method | weights | adam_eps | meta-gradient norm, step 1 | step 2 |")
-        print("|---|---|---|---|---|")
-        for method in ("fomaml", "maml"):
-            for lora in (0, 4):
-                for eps in (1e-8, 1e-6, 1e-4):
-                    norms = grad_norms(method, lora, eps, model, data, work / f"{method}-{lora}-{eps}")
-                    weights = f"LoRA r{lora}" if lora else "full"
-                    print(f"| {method} | {weights} | {eps:g} | {norms[0]:,.3g} | {norms[1]:,.3g} |", flush=True)
+        print("| method | weights | adam_eps | inner_adam_eps | meta-gradient norm, step 1 | step 2 |")
+        print("|---|---|---|---|---|---|")
+        rows = [(method, lora, eps, None) for method in ("fomaml", "maml") for lora in (0, 4)
+                for eps in (1e-8, 1e-6, 1e-4)]
+        rows += [("maml", 4, 1e-8, inner) for inner in (1e-6, 1e-4)]  # only the inner steps' epsilon raised
+        for method, lora, eps, inner in rows:
+            norms = grad_norms(method, lora, eps, model, data, work / f"{method}-{lora}-{eps}-{inner}", inner)
+            weights = f"LoRA r{lora}" if lora else "full"
+            inner_text = "-" if inner is None else f"{inner:g}"
+            print(f"| {method} | {weights} | {eps:g} | {inner_text} | {norms[0]:,.3g} | {norms[1]:,.3g} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

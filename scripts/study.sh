@@ -59,6 +59,22 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" --out "$OUT/limited" \
       max_examples_per_task=10 ;;
+  # Section 4: MetaICL trained and scored with the noisy channel (compare --prompt sets both directions)
+  channel-train)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --prompt channel --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/channel-train" ;;
+  # Section 4: MetaICL at a 4x higher LoRA learning rate (the lr=5e-4 row is Table 1's run, identical by its hash)
+  lr)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --sweep lr=5e-4,2e-3 --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/lr" ;;
+  # Section 4: MetaICL trained on demonstrations whose label words are arbitrary symbols, scored with gold labels
+  # and with symbol labels
+  symbols)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot,symbols --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/symbols" train_labels=symbols ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -66,5 +82,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac

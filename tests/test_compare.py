@@ -374,3 +374,23 @@ def test_memory_is_handed_back_after_each_training_and_each_evaluation(tmp_path,
     assert main(compare_args(tiny_model_dir, data_dir, out, "--diagnostics", "none", methods="none,metaicl,fomaml",
                              budget=("--steps", "1"))) == 0
     assert events == ["train metaicl", "release", "train fomaml", "release", *["evaluate", "release"] * 3]
+
+
+def test_a_field_added_later_enters_run_names_only_when_set(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """inner_adam_eps came after compare folders held cached runs: left unset, a row keeps the name it had before
+    the field existed (so those runs are reused); set, it names a new run."""
+    from maml_en_llm.cli import build_parser
+    from maml_en_llm.config import TrainConfig
+
+    def run_names(*extra):
+        args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", *extra,
+                                                      methods="metaicl,maml"))
+        return [row.run_name for row in compare_module.plan_compare(args, "compare").rows]
+
+    unset, explicit_null, raised = run_names(), run_names("inner_adam_eps=null"), run_names("inner_adam_eps=1e-4")
+    real_to_dict = TrainConfig.to_dict
+    monkeypatch.setattr(TrainConfig, "to_dict",  # the recipe as it was written before the field existed
+                        lambda self: {k: v for k, v in real_to_dict(self).items() if k != "inner_adam_eps"})
+    assert unset == explicit_null == run_names()
+    assert all(a != b for a, b in zip(unset, raised))
+    assert not (tmp_path / "out").exists()

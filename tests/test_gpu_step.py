@@ -78,3 +78,9 @@ def test_first_maml_meta_gradient_under_lora_grows_as_one_over_adam_eps(tmp_path
     assert norms["maml", 1e-8][0] > 1000 * norms["fomaml", 1e-8][0]
     assert norms["maml", 1e-8][0] / norms["maml", 1e-6][0] == pytest.approx(100, rel=0.2)
     assert norms["maml", 1e-8][1] < 10 * norms["fomaml", 1e-8][1]
+
+    # inner_adam_eps sets the inner steps' epsilon alone: the first meta-gradient (taken before any outer step) is
+    # that of adam_eps = 1e-6 everywhere, while the outer AdamW keeps adam_eps = 1e-8, so step 2 differs from it
+    inner_only = script.grad_norms("maml", 4, 1e-8, model, data, tmp_path / "maml-inner", inner_adam_eps=1e-6)
+    assert inner_only[0] == pytest.approx(norms["maml", 1e-6][0], rel=1e-4)
+    assert inner_only[1] != pytest.approx(norms["maml", 1e-6][1], rel=1e-3)

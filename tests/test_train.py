@@ -244,11 +244,20 @@ def test_existing_run_needs_resume_and_same_recipe(tmp_path, tiny_data_dir, tiny
     (["steps=three"], "steps must be int"),
     (["inner_optimizer=lion"], "inner_optimizer='lion' is not one of"),
     (["steps=0"], "steps=0 must be at least 1"),
+    (["inner_adam_eps=0"], r"inner_adam_eps=0.0 must be > 0 \(or null for adam_eps\)"),
+    (["inner_adam_eps=tiny"], "inner_adam_eps must be float, got 'tiny'"),
+    (["eval_k=1.5"], "eval_k must be int, got 1.5"),
     (["lr"], "expected key=value"),
 ])
 def test_bad_overrides(overrides, message):
     with pytest.raises(UserError, match=message):
         make_config(overrides=parse_overrides(overrides))
+
+
+def test_optional_fields_take_null_or_a_value_of_their_type():
+    config = make_config(overrides=parse_overrides(["inner_adam_eps=1e-4", "eval_k=3", "max_examples_per_task=null"]))
+    assert (config.inner_adam_eps, config.eval_k, config.max_examples_per_task) == (1e-4, 3, None)
+    assert make_config().inner_adam_eps is None
 
 
 def test_yaml_recipe_and_override_precedence(tmp_path):

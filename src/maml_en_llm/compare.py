@@ -101,6 +101,11 @@ def parse_methods(methods: list[str]) -> list[str]:
     return list(methods)
 
 
+# Recipe fields added after compare folders existed: they enter a run's hash only when set, so the runs cached
+# before they existed keep their names (and are reused).
+HASHED_WHEN_SET = ("inner_adam_eps",)
+
+
 def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple[str, list[str]]:
     """`FIELD=v1,v2,...` -> (field, raw values); the values themselves are checked by `make_config` later."""
     if "=" not in text:
@@ -273,7 +278,8 @@ def plan_compare(args, command_line: str) -> Plan:
                 steps, _ = steps_for_tokens(config, pools[key], tokenizer, budget_given[1])
                 config = dataclasses.replace(config, steps=steps)
             row.config, row.tasks = config, pools[key]
-            recipe = config.to_dict()
+            recipe = {name: value for name, value in config.to_dict().items()
+                      if not (name in HASHED_WHEN_SET and value is None)}
             if budget_given and budget_given[0] == "seconds":  # steps come from a timed probe (train_row)
                 recipe = {**recipe, "steps": None, "seconds_budget": budget_given[1]}
             identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,

@@ -39,13 +39,14 @@ class TrainConfig:
     weight_decay: float = 0.0  # outer AdamW weight decay (inner updates never decay)
     max_grad_norm: float = 1.0  # clip the (meta-)gradient to this L2 norm before the outer step; 0 = off
     adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam betas of the outer optimizer (and of Adam inner steps)
-    adam_eps: float = 1e-8  # Adam epsilon of the outer optimizer (and of Adam inner steps)
+    adam_eps: float = 1e-8  # Adam epsilon of the outer optimizer (and of Adam inner steps unless inner_adam_eps)
     tasks_per_step: int = 4  # "exploration tasks" sampled per meta-step
     support_size: int = 2  # instances per task in the support (exploration) batch
     query_size: int = 2  # instances per task in the query (validation) batch, disjoint from support
     inner_steps: int = 1  # gradient steps on the support batch per task (maml, fomaml, reptile)
     inner_lr: float = 1e-5  # learning rate of the inner steps
     inner_optimizer: str = "shared-adam-copy"  # shared-adam-copy | shared-adam-chain | sgd | adam (algorithms.py)
+    inner_adam_eps: float | None = None  # Adam epsilon of the Adam inner steps only; null = adam_eps
     max_examples_per_task: int | None = None  # cap each training task's pool (limited-data setting); null = full
     lora_rank: int = 0  # LoRA adapter rank; 0 = full fine-tuning (every weight is meta-learned)
     lora_alpha: float = 16.0  # LoRA scaling numerator (updates are scaled by lora_alpha / lora_rank)
@@ -107,6 +108,8 @@ class TrainConfig:
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.adam_eps <= 0:
             field = "adam_eps" if self.adam_eps <= 0 else "weight_decay" if self.weight_decay < 0 else "max_grad_norm"
             raise bad(field, "must be > 0" if field == "adam_eps" else "must be >= 0")
+        if self.inner_adam_eps is not None and not self.inner_adam_eps > 0:
+            raise bad("inner_adam_eps", "must be > 0 (or null for adam_eps)")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise bad("adam_betas", "must be two numbers in [0, 1)")
         if self.max_examples_per_task is not None and self.max_examples_per_task < 2:
@@ -155,9 +158,11 @@ def _coerce(name: str, value: object, where: str) -> object:
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
     if optional and (value is None or (isinstance(value, str) and value.lower() in ("full", "null", "none"))):
         return None
+    if optional:  # `int | None` or `float | None`: check the value against the type it is not None as
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
     if hint is bool or hint == "bool":
         ok = isinstance(value, bool)
-    elif hint is int or optional:
+    elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string

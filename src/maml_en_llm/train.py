@@ -145,7 +145,8 @@ def setup_training(config: TrainConfig, model_name: str, dtype: str, device: tor
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     ensure_adam_state(optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config))
-    inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), config.adam_eps,
+    inner_eps = config.adam_eps if config.inner_adam_eps is None else config.inner_adam_eps
+    inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), inner_eps,
                            shared=optimizer, shared_params=params)
     step_task = task_function(config.method, inner, config.inner_steps)
     shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
