@@ -71,10 +71,21 @@ case "${1:-}" in
       --out "$OUT/lr" ;;
   # Section 4: MetaICL trained on demonstrations whose label words are arbitrary symbols, scored with gold labels
   # and with symbol labels
-  symbols)
+  symbols-train)
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot,symbols --budget tokens=100000 "${EVAL[@]}" \
-      --out "$OUT/symbols" train_labels=symbols ;;
+      --out "$OUT/symbols-train" train_labels=symbols ;;
+  # Section 4: MetaICL trained on demonstrations with random labels (Min et al., 2022), scored with gold labels
+  random-train)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/random-train" train_labels=random ;;
+  # Section 1e: second-order MAML-en-LLM with the inner steps' Adam epsilon raised to 1e-4 (training.md, the
+  # first meta-step under LoRA); the outer AdamW keeps 1e-8
+  inner-eps)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/inner-eps" inner_adam_eps=1e-4 ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -82,5 +93,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|inner-eps|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
