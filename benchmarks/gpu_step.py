@@ -26,6 +26,7 @@ SDPA attention kernel (it does on CUDA), so CPU FLOPs of metaicl/fomaml leave at
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -163,7 +164,7 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         started = time.perf_counter()
         if first:  # the warm-up: count its FLOPs, then start the peak-memory window
             record.update(matmul_weights=linear_weights(model), trainable=sum(p.numel() for p in params.values()))
-            with FlopCounterMode(display=False) as counter:
+            with gqa_flop_counting(), FlopCounterMode(display=False) as counter:
                 stats = real_step(model, params, *step_args, **step_kwargs)
             record.update(flops_counted=counter.get_total_flops(), warmup_tokens=stats["tokens"])
             if on_cuda:
@@ -219,6 +220,37 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         "mfu_6nt": flops_6nt / seconds / peak if peak else None, "peak_tflops": peak / 1e12 if peak else None,
         **memory, "torch": torch.__version__, "recipe": {k: v for k, v in overrides.items()},
     }
+
+
+@contextlib.contextmanager
+def gqa_flop_counting():
+    """Let torch's FLOP counter count grouped-query attention, as the SDPA kernels run it.
+
+    Older torch (2.11, for one) counts an SDPA call only when key and value have as many heads as the query, and
+    raises AssertionError on grouped-query attention, which every shape in SHAPES uses. The kernel repeats each
+    key/value head over its group of query heads, so the call's matrix-multiply FLOPs are those of the same call
+    with key/value widened to the query's heads: the count newer torch gives directly (for which this changes
+    nothing). Patches torch.utils.flop_counter's two shape formulas for the duration of the block."""
+    from torch.utils import flop_counter
+
+    forward, backward = flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count
+
+    def widen(shape, heads):
+        return (shape[0], heads, *shape[2:])
+
+    def gqa_forward(query_shape, key_shape, value_shape):
+        heads = query_shape[1]
+        return forward(query_shape, widen(key_shape, heads), widen(value_shape, heads))
+
+    def gqa_backward(grad_out_shape, query_shape, key_shape, value_shape):
+        heads = query_shape[1]
+        return backward(grad_out_shape, query_shape, widen(key_shape, heads), widen(value_shape, heads))
+
+    flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count = gqa_forward, gqa_backward
+    try:
+        yield
+    finally:
+        flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count = forward, backward
 
 
 def linear_weights(model) -> int:

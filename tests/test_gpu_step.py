@@ -84,3 +84,55 @@ def test_first_maml_meta_gradient_under_lora_grows_as_one_over_adam_eps(tmp_path
     inner_only = script.grad_norms("maml", 4, 1e-8, model, data, tmp_path / "maml-inner", inner_adam_eps=1e-6)
     assert inner_only[0] == pytest.approx(norms["maml", 1e-6][0], rel=1e-4)
     assert inner_only[1] != pytest.approx(norms["maml", 1e-6][1], rel=1e-3)
+
+
+def _strict_sdpa_counts(flop_counter):
+    """torch 2.11's SDPA shape formulas: key/value must have the query's number of heads."""
+    def forward(query_shape, key_shape, value_shape):
+        assert query_shape[1] == key_shape[1] == value_shape[1], "sdpa_flop_count: query/key/value shapes are incompatible"
+        return 4 * query_shape[0] * query_shape[1] * query_shape[2] * key_shape[2] * query_shape[3]
+
+    def backward(grad_out_shape, query_shape, key_shape, value_shape):
+        assert query_shape[1] == key_shape[1] == value_shape[1], "sdpa_backward_flop_count: batch/heads mismatch"
+        return 2 * forward(query_shape, key_shape, value_shape)
+
+    return forward, backward
+
+
+def test_grouped_query_attention_is_counted_as_the_kernel_runs_it(gpu_step, monkeypatch):
+    from torch.utils import flop_counter
+
+    query, key = (2, 8, 16, 4), (2, 2, 16, 4)  # 8 query heads share 2 key/value heads
+    wide = (2, 8, 16, 4)
+    # on this torch, counting GQA directly (if it can) equals counting the widened call
+    with gpu_step.gqa_flop_counting():
+        assert flop_counter.sdpa_flop_count(query, key, key) == flop_counter.sdpa_flop_count(query, wide, wide) > 0
+        assert (flop_counter.sdpa_backward_flop_count(query, query, key, key)
+                == flop_counter.sdpa_backward_flop_count(query, query, wide, wide) > 0)
+    # an older torch whose formulas refuse GQA: counted within the block, restored (still refusing) after it
+    strict_forward, strict_backward = _strict_sdpa_counts(flop_counter)
+    monkeypatch.setattr(flop_counter, "sdpa_flop_count", strict_forward)
+    monkeypatch.setattr(flop_counter, "sdpa_backward_flop_count", strict_backward)
+    with pytest.raises(AssertionError):
+        flop_counter.sdpa_flop_count(query, key, key)
+    with gpu_step.gqa_flop_counting():
+        assert flop_counter.sdpa_flop_count(query, key, key) == strict_forward(query, wide, wide)
+        assert flop_counter.sdpa_backward_flop_count(query, query, key, key) == strict_backward(query, query, wide, wide)
+    assert (flop_counter.sdpa_flop_count, flop_counter.sdpa_backward_flop_count) == (strict_forward, strict_backward)
+
+
+def test_the_warm_up_counts_flops_with_grouped_query_attention_allowed(gpu_step, monkeypatch, tmp_path):
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def spy():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(gpu_step, "gqa_flop_counting", spy)
+    rows = gpu_step.main(["--models", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "1", "--k", "1",
+                          "--example-chars", "30", "--tasks-per-step", "1", "--methods", "metaicl", "--variants",
+                          "full", "--in-process", "--work-dir", str(tmp_path)])
+    assert entered == [True] and rows[0]["flops_counted"] > 0
