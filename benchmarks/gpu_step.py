@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="write the rows here (rewritten after every row)")
     parser.add_argument("--row-timeout", type=int, default=300, help="seconds before a row is given up")
     parser.add_argument("--table", default=None, metavar="JSON", help="only print the table of rows saved by --json")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="also run the timed steps under torch.profiler and append each row's busiest operators "
+                             "(CPU and GPU self time) to FILE; such rows' timings include the profiler's overhead")
     parser.add_argument("--in-process", action="store_true",
                         help="run every row in this process (quick checks; peak memory is then not per row)")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: run one row in this process
@@ -129,6 +132,7 @@ def run_child(args, spec: dict, work: Path) -> dict:
                "--tasks-per-step", str(args.tasks_per_step), "--k", str(args.k), "--work-dir", str(work)]
     command += ["--device", args.device] if args.device else []
     command += ["--peak-tflops", str(args.peak_tflops)] if args.peak_tflops else []
+    command += ["--profile", args.profile] if args.profile else []
     for item in args.overrides:
         command += ["--set", item]
     try:
@@ -157,6 +161,7 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
     sync = torch.cuda.synchronize if on_cuda else (lambda: None)
     real_step = train_module.meta_step
     record = {"times": [], "tokens": []}
+    profiler = []  # started after the warm-up when --profile is given
 
     def timed_step(model, params, *step_args, **step_kwargs):
         first = "flops_counted" not in record
@@ -175,6 +180,8 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         if not first:
             record["times"].append(time.perf_counter() - started)
             record["tokens"].append(stats["tokens"])
+        elif args.profile:
+            profiler.append(start_profiler(on_cuda))
         return stats
 
     skip_write = lambda *a, **k: None  # noqa: E731
@@ -198,6 +205,8 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         for module, name, original in originals:
             setattr(module, name, original)
         shutil.rmtree(out_dir, ignore_errors=True)
+        for running in profiler:
+            running.__exit__(None, None, None)
 
     seconds = statistics.median(record["times"])
     tokens = statistics.median(record["tokens"])
@@ -219,7 +228,37 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         "mfu": flops / seconds / peak if peak else None,
         "mfu_6nt": flops_6nt / seconds / peak if peak else None, "peak_tflops": peak / 1e12 if peak else None,
         **memory, "torch": torch.__version__, "recipe": {k: v for k, v in overrides.items()},
+        **(write_profile(profiler[0], args.profile, spec, sum(record["times"]), on_cuda) if profiler else {}),
     }
+
+
+def start_profiler(on_cuda: bool):
+    import torch.profiler as tp
+
+    activities = [tp.ProfilerActivity.CPU] + ([tp.ProfilerActivity.CUDA] if on_cuda else [])
+    running = tp.profile(activities=activities)
+    running.__enter__()
+    return running
+
+
+def write_profile(profiler, path: str, spec: dict, timed_seconds: float, on_cuda: bool) -> dict:
+    """Append the row's operator tables to `path`; return the GPU's busy fraction over the timed steps (the sum of
+    its kernels' time over the steps' wall time: near 1 when compute-bound, far below when the CPU side, Python
+    and kernel launches, is what limits the step)."""
+    events = profiler.key_averages()
+    device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    kernel_seconds = sum(getattr(event, device_key, 0) or 0 for event in events) / 1e6 if on_cuda else None
+    cpu_seconds = sum(event.self_cpu_time_total for event in events) / 1e6
+    busy = kernel_seconds / timed_seconds if on_cuda and timed_seconds else None
+    header = (f"## {spec['model']} {spec['variant']} {spec['method']}: timed steps {timed_seconds:.3f} s, operators' "
+              f"CPU self time {cpu_seconds:.3f} s" + (f", GPU kernels {kernel_seconds:.3f} s (busy {busy:.1%})"
+                                                        if busy is not None else ""))
+    tables = [events.table(sort_by="self_cpu_time_total", row_limit=25)]
+    if on_cuda:
+        tables.append(events.table(sort_by=device_key, row_limit=25))
+    with open(path, "a") as handle:
+        handle.write(header + "\n\n" + "\n".join(tables) + "\n")
+    return {"profiled": True, "gpu_busy": busy, "profile_kernel_s": kernel_seconds, "profile_cpu_self_s": cpu_seconds}
 
 
 @contextlib.contextmanager
@@ -344,7 +383,9 @@ def print_table(rows: list[dict]) -> None:
             continue
         memory = r.get("peak_gpu_memory_gb", r.get("peak_rss_gb"))
         mfu = lambda value: f"{100 * value:.1f}%" if value is not None else "-"
-        print(f"| {r['model']} | {r['variant']} | {r['method']} | {r['dtype']} | {r['s_per_step']:.3f} | "
+        method = r["method"] + (" (profiled" + (f", GPU busy {mfu(r['gpu_busy'])})" if r.get("gpu_busy") is not None
+                                                else ")") if r.get("profiled") else "")
+        print(f"| {r['model']} | {r['variant']} | {method} | {r['dtype']} | {r['s_per_step']:.3f} | "
               f"{r['steps_per_s']:.2f} | {r['tokens_per_s']:.0f} | {memory:.2f} | {mfu(r['mfu'])} | "
               f"{mfu(r['mfu_6nt'])} |")
 

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The one-GPU check, under 8 minutes on one H100, offline, from a clone (the package need not be installed):
 #   1. the device-aware tests on CUDA (lm, scoring, the meta-gradient math, a short train of every method);
-#   2. meta-step throughput of metaicl, fomaml and maml, full and LoRA, bf16, on a SmolLM2-135M-shaped and a
+#   2. one LoRA MetaICL meta-step of a SmolLM2-135M-shaped model under torch.profiler: which operators take the
+#      CPU's and the GPU's time, and how busy the GPU is (benchmarks/gpu_step.py --profile);
+#   3. meta-step throughput of metaicl, fomaml and maml, full and LoRA, bf16, on a SmolLM2-135M-shaped and a
 #      1B Llama-shaped model built from configs with random weights (benchmarks/gpu_step.py);
-#   3. the rest of the test suite, in the time left if over a minute (train() picks CUDA when it sees it).
+#   4. the rest of the test suite, in the time left if over a minute (train() picks CUDA when it sees it).
 #
 #   bash scripts/gpu_check.sh                     # results in $OUT (default ./gpu_check)
 #   GPU_CHECK_DRY_RUN=1 bash scripts/gpu_check.sh # the same plumbing on CPU with a tiny model (a minute or two)
 #
 # $OUT/env.txt            versions and device
-# $OUT/pytest_cuda.txt    step 1       $OUT/pytest_rest.txt   step 3
-# $OUT/gpu_step.json      step 2, one object per row (steps/s, tokens/s, peak GPU memory, MFU, FLOP counts)
-# $OUT/gpu_step.md        step 2 as a table
+# $OUT/pytest_cuda.txt    step 1       $OUT/pytest_rest.txt   step 4
+# $OUT/profile.txt        step 2, operator tables
+# $OUT/gpu_step.json      step 3, one object per row (steps/s, tokens/s, peak GPU memory, MFU, FLOP counts)
+# $OUT/gpu_step.md        step 3 as a table    $OUT/gpu_step.log   steps 2-3, errors
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check}"
@@ -24,9 +27,11 @@ failed=0
 left() { echo $(( BUDGET - SECONDS - ${1:-0} > 30 ? BUDGET - SECONDS - ${1:-0} : 30 )); }
 DEVICE=cuda
 BENCH=(--models smollm2-135m,llama-1b --dtype bfloat16 --steps 3)
+PROFILE=(--models smollm2-135m --dtype bfloat16)
 if [ "${GPU_CHECK_DRY_RUN:-0}" = 1 ]; then
     DEVICE=cpu
     BENCH=(--models tiny --device cpu --dtype float32 --steps 1 --k 1 --example-chars 30 --tasks-per-step 2)
+    PROFILE=(--models tiny --device cpu --dtype float32 --k 1 --example-chars 30 --tasks-per-step 2)
 fi
 
 "$PY" - > "$OUT/env.txt" <<'PYEOF'
@@ -58,7 +63,12 @@ else
     echo "pytest is not installed here: tests skipped" | tee "$OUT/pytest_cuda.txt"
 fi
 
-echo "== 2. throughput (${SECONDS}s used)"
+echo "== 2. where a meta-step's time goes: one profiled row (${SECONDS}s used)"
+timeout 150 "$PY" benchmarks/gpu_step.py "${PROFILE[@]}" --methods metaicl --variants lora --steps 2 \
+    --profile "$OUT/profile.txt" > /dev/null 2>> "$OUT/gpu_step.log" || failed=1
+grep -h '^## ' "$OUT/profile.txt" 2>/dev/null || echo "no profile; see $OUT/gpu_step.log"
+
+echo "== 3. throughput (${SECONDS}s used)"
 timeout "$(left 60)" "$PY" benchmarks/gpu_step.py "${BENCH[@]}" --methods metaicl,fomaml,maml --variants full,lora \
     --row-timeout 120 --json "$OUT/gpu_step.json" > /dev/null 2> "$OUT/gpu_step.log" || failed=1
 if [ -s "$OUT/gpu_step.json" ]; then
@@ -67,7 +77,7 @@ else
     echo "no rows measured; see $OUT/gpu_step.log"; tail -n 20 "$OUT/gpu_step.log"
 fi
 
-echo "== 3. the rest of the suite (${SECONDS}s used)"
+echo "== 4. the rest of the suite (${SECONDS}s used)"
 if [ "$has_pytest" = 1 ] && [ "$DEVICE" = cuda ] && [ $(( BUDGET - SECONDS )) -gt 60 ]; then
     timeout "$(left)" "$PY" -m pytest -q -m "not device" -p no:cacheprovider --continue-on-collection-errors tests \
         > "$OUT/pytest_rest.txt" 2>&1 || failed=1

@@ -136,3 +136,16 @@ def test_the_warm_up_counts_flops_with_grouped_query_attention_allowed(gpu_step,
                           "--example-chars", "30", "--tasks-per-step", "1", "--methods", "metaicl", "--variants",
                           "full", "--in-process", "--work-dir", str(tmp_path)])
     assert entered == [True] and rows[0]["flops_counted"] > 0
+
+
+def test_profile_appends_each_rows_operator_table(gpu_step, tmp_path, capsys):
+    profile = tmp_path / "profile.txt"
+    rows = gpu_step.main(["--models", "tiny", "--device", "cpu", "--dtype", "float32", "--steps", "2", "--k", "1",
+                          "--example-chars", "30", "--tasks-per-step", "1", "--methods", "metaicl,maml", "--variants",
+                          "full", "--in-process", "--work-dir", str(tmp_path / "work"), "--profile", str(profile)])
+    text = profile.read_text()
+    assert text.count("## tiny full ") == 2 and "## tiny full maml: timed steps" in text
+    assert "aten::" in text and "Self CPU" in text  # torch.profiler's operator table
+    for row in rows:  # on CPU there is no kernel time to sum, only the operators' CPU time
+        assert row["profiled"] and row["gpu_busy"] is None and 0 < row["profile_cpu_self_s"]
+    assert "metaicl (profiled)" in capsys.readouterr().out
