@@ -86,6 +86,13 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/inner-eps" inner_adam_eps=1e-4 ;;
+  # Section 5: on one GPU, MetaICL with 4 support + 4 query instances per task for 170 s of meta-steps (76 steps,
+  # 755k tokens on an H200; --budget steps=76 repeats the same steps on any GPU), bf16; torch keeps its threads
+  gpu)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/social.json \
+      --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget seconds=170 \
+      "${EVAL[@]}" --device cuda --dtype bfloat16 --batch-size 32 --out "$OUT/gpu" \
+      support_size=4 query_size=4 checkpoint_every=0 ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -93,5 +100,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|inner-eps|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|inner-eps|gpu|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
