@@ -288,6 +288,27 @@ def test_limited_data_caps_the_pool(tmp_path, tiny_data_dir, tiny_model_dir, mon
     assert seen == {"cls_a": 7, "cls_b": 7, "mc_pick": 7}
 
 
+@pytest.mark.parametrize("overrides, note", [
+    (["method=metaicl"], "inner_adam_eps=0.0001 has no effect: metaicl takes no inner steps here"),
+    (["method=maml", "inner_steps=0"], "inner_adam_eps=0.0001 has no effect: maml takes no inner steps here (inner_steps=0)"),
+    (["method=fomaml", "inner_optimizer=sgd"], "inner_adam_eps=0.0001 has no effect: the inner optimizer is sgd"),
+    (["method=maml", "inner_optimizer=adam"], None),
+    (["method=reptile", "inner_optimizer=shared-adam-copy"], None),
+])
+def test_an_inner_epsilon_the_recipe_never_reads_is_noted(overrides, note):
+    config = make_config(overrides=parse_overrides(["inner_adam_eps=1e-4", *overrides]))
+    assert config.unused_fields() == ([note] if note else [])
+    assert make_config(overrides=parse_overrides(overrides)).unused_fields() == []  # unset: nothing to say
+
+
+def test_train_prints_the_notes_before_training(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
+    code = main(["train", "--method", "metaicl", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
+                 "--split", "tiny", "--out", str(tmp_path / "run"), "steps=1", "k=1", "tasks_per_step=1",
+                 "support_size=1", "query_size=1", "inner_adam_eps=1e-4"])
+    assert code == 0
+    assert "note: inner_adam_eps=0.0001 has no effect: metaicl takes no inner steps here" in capsys.readouterr().err
+
+
 def test_cli_train_end_to_end(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
     code = main(["train", "--method", "fomaml", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
                  "--split", "tiny", "--out", str(tmp_path / "cli"), "steps=2", "k=1", "tasks_per_step=2",

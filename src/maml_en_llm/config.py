@@ -143,6 +143,18 @@ class TrainConfig:
         """k actually used: multi-task zero-shot trains without demonstrations."""
         return 0 if self.method == "multitask0" else self.k
 
+    def unused_fields(self) -> list[str]:
+        """Fields set to a value that this recipe never reads: one line each, for a note before training.
+        (Not an error: compare shares one recipe between methods that read different fields.)"""
+        notes = []
+        if self.inner_adam_eps is not None:
+            if self.method not in MAML_FAMILY or self.inner_steps == 0:
+                notes.append(f"inner_adam_eps={self.inner_adam_eps} has no effect: {self.method} takes no inner steps "
+                             f"here" + (" (inner_steps=0)" if self.method in MAML_FAMILY else ""))
+            elif self.inner_optimizer == "sgd":
+                notes.append(f"inner_adam_eps={self.inner_adam_eps} has no effect: the inner optimizer is sgd")
+        return notes
+
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
         data["adam_betas"] = list(self.adam_betas)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
     run_info = {"model": model_name, "data_dir": str(data_dir.expanduser().absolute()), "split": split,
                 "dtype": dtype, "world_size": world, **provenance(pick_device(device))}
     _prepare_run_dir(out_dir, config, resume, run_info)
+    if distributed.is_main():
+        for note in config.unused_fields():
+            print(f"note: {note}", file=sys.stderr)
     # bad data fails here, before the model loads
     tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)
     validation = load_validation(config, data_dir, split) if config.eval_every else None
