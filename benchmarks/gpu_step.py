@@ -44,6 +44,10 @@ from pathlib import Path
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=260, tie_word_embeddings=False),
+    # SmolLM2's 30 layers at tiny width: a step whose time is operator dispatch, not arithmetic (a CPU stand-in
+    # for a small model on a GPU)
+    "tiny-30l": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=30, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=260, tie_word_embeddings=False),
     "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                          num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rope_theta=100000.0),
     "llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -228,7 +232,8 @@ def run_row(args, spec: dict, work: Path | None = None) -> dict:
         "mfu": flops / seconds / peak if peak else None,
         "mfu_6nt": flops_6nt / seconds / peak if peak else None, "peak_tflops": peak / 1e12 if peak else None,
         **memory, "torch": torch.__version__, "recipe": {k: v for k, v in overrides.items()},
-        **(write_profile(profiler[0], args.profile, spec, sum(record["times"]), on_cuda) if profiler else {}),
+        **(write_profile(profiler[0], args.profile, spec, args.overrides, sum(record["times"]), on_cuda)
+           if profiler else {}),
     }
 
 
@@ -241,7 +246,7 @@ def start_profiler(on_cuda: bool):
     return running
 
 
-def write_profile(profiler, path: str, spec: dict, timed_seconds: float, on_cuda: bool) -> dict:
+def write_profile(profiler, path: str, spec: dict, overrides: list[str], timed_seconds: float, on_cuda: bool) -> dict:
     """Append the row's operator tables to `path`; return the GPU's busy fraction over the timed steps (the sum of
     its kernels' time over the steps' wall time: near 1 when compute-bound, far below when the CPU side, Python
     and kernel launches, is what limits the step)."""
@@ -250,7 +255,8 @@ def write_profile(profiler, path: str, spec: dict, timed_seconds: float, on_cuda
     kernel_seconds = sum(getattr(event, device_key, 0) or 0 for event in events) / 1e6 if on_cuda else None
     cpu_seconds = sum(event.self_cpu_time_total for event in events) / 1e6
     busy = kernel_seconds / timed_seconds if on_cuda and timed_seconds else None
-    header = (f"## {spec['model']} {spec['variant']} {spec['method']}: timed steps {timed_seconds:.3f} s, operators' "
+    label = " ".join([spec["model"], spec["variant"], spec["method"], *overrides])
+    header = (f"## {label}: timed steps {timed_seconds:.3f} s, operators' "
               f"CPU self time {cpu_seconds:.3f} s" + (f", GPU kernels {kernel_seconds:.3f} s (busy {busy:.1%})"
                                                         if busy is not None else ""))
     tables = [events.table(sort_by="self_cpu_time_total", row_limit=25)]

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one-GPU check, under 8 minutes on one H100, offline, from a clone (the package need not be installed):
 #   1. the device-aware tests on CUDA (lm, scoring, the meta-gradient math, a short train of every method);
-#   2. one LoRA MetaICL meta-step of a SmolLM2-135M-shaped model under torch.profiler: which operators take the
-#      CPU's and the GPU's time, and how busy the GPU is (benchmarks/gpu_step.py --profile);
+#   2. LoRA MetaICL meta-steps of a SmolLM2-135M-shaped model under torch.profiler, the tasks one forward pass
+#      each and then batched into one (batch_tasks=true): which operators take the CPU's and the GPU's time, and
+#      how busy the GPU is (benchmarks/gpu_step.py --profile);
 #   3. meta-step throughput of metaicl, fomaml and maml, full and LoRA, bf16, on a SmolLM2-135M-shaped and a
 #      1B Llama-shaped model built from configs with random weights (benchmarks/gpu_step.py);
 #   4. the rest of the test suite, in the time left if over a minute (train() picks CUDA when it sees it).
@@ -63,9 +64,11 @@ else
     echo "pytest is not installed here: tests skipped" | tee "$OUT/pytest_cuda.txt"
 fi
 
-echo "== 2. where a meta-step's time goes: one profiled row (${SECONDS}s used)"
-timeout 150 "$PY" benchmarks/gpu_step.py "${PROFILE[@]}" --methods metaicl --variants lora --steps 2 \
-    --profile "$OUT/profile.txt" > /dev/null 2>> "$OUT/gpu_step.log" || failed=1
+echo "== 2. where a meta-step's time goes: two profiled rows (${SECONDS}s used)"
+for batched in false true; do  # the step's tasks one forward pass each, then all in one (batch_tasks)
+    timeout 120 "$PY" benchmarks/gpu_step.py "${PROFILE[@]}" --methods metaicl --variants lora --steps 2 \
+        --set batch_tasks=$batched --profile "$OUT/profile.txt" > /dev/null 2>> "$OUT/gpu_step.log" || failed=1
+done
 grep -h '^## ' "$OUT/profile.txt" 2>/dev/null || echo "no profile; see $OUT/gpu_step.log"
 
 echo "== 3. throughput (${SECONDS}s used)"

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from maml_en_llm.algorithms import (
     InnerOptimizer, adapt, ensure_adam_state, maml_task as _maml_task, metaicl_task as _metaicl_task,
-    reptile_task as _reptile_task, task_function,
+    metaicl_tasks as _metaicl_tasks, reptile_task as _reptile_task, task_function,
 )
 from maml_en_llm.episodes import TaskEpisode
 from maml_en_llm.lm import collate, mean_loss
@@ -372,3 +372,37 @@ def test_adam_step_backward_is_finite_when_g_squared_underflows(steps):
         out, m, v = _AdamStep.apply(out, g * 1.0, m, v, 1e-3, 0.03, 0.9, 0.999, 1e-8)
     out.sum().backward()
     assert torch.isfinite(g.grad).all() and torch.isfinite(p.grad).all()
+
+
+def test_batched_metaicl_gives_the_sum_of_the_per_task_losses_and_gradients(model):
+    """batch_tasks: one padded batch over all tasks must equal metaicl_task task by task, also when the tasks hold
+    different numbers of sequences (each task's mean keeps its own weight) and different lengths (padding)."""
+    params = params_of(model)
+    short = TaskEpisode("s", support=episode(3).support[:1], query=episode(3).query)  # 3 sequences, not 4
+    episodes = [episode(1), short, episode(2)]
+    separate = [metaicl_task(model, params, ep, PAD) for ep in episodes]
+    together = collected(_metaicl_tasks)(model, params, episodes, PAD)
+    assert together.tasks == 3
+    assert together.tokens == sum(r.tokens for r in separate)
+    assert together.loss == pytest.approx(sum(r.loss for r in separate), rel=1e-12)
+    for name in params:
+        torch.testing.assert_close(together.grads[name], sum(r.grads[name] for r in separate), rtol=1e-10, atol=1e-13)
+
+
+def test_meta_step_hands_a_batched_task_function_all_its_tasks_at_once():
+    """The loop's outer update is the same with and without batch_tasks: same averaged gradient, same step."""
+    results = []
+    for batch_tasks in (False, True):
+        fresh = ToyLM()
+        params = params_of(fresh)
+        opt = torch.optim.AdamW(list(params.values()), lr=1e-2, weight_decay=0.0)
+        step_task = task_function("metaicl", InnerOptimizer("sgd", 0.5), 1, batch_tasks=batch_tasks)
+        stats = meta_step(fresh, params, [episode(1), episode(2), episode(4)], step_task, opt, PAD,
+                          shares_moments=False, max_grad_norm=0)
+        results.append((stats, {n: p.detach().clone() for n, p in params.items()}))
+    (plain_stats, plain), (batched_stats, batched) = results
+    assert batched_stats["tokens"] == plain_stats["tokens"]
+    assert batched_stats["loss"] == pytest.approx(plain_stats["loss"], rel=1e-12)
+    assert batched_stats["grad_norm"] == pytest.approx(plain_stats["grad_norm"], rel=1e-10)
+    for name in plain:
+        torch.testing.assert_close(batched[name], plain[name], rtol=1e-10, atol=1e-13)

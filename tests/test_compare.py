@@ -377,8 +377,8 @@ def test_memory_is_handed_back_after_each_training_and_each_evaluation(tmp_path,
 
 
 def test_a_field_added_later_enters_run_names_only_when_set(tmp_path, tiny_model_dir, data_dir, monkeypatch):
-    """inner_adam_eps came after compare folders held cached runs: left unset, a row keeps the name it had before
-    the field existed (so those runs are reused); set, it names a new run."""
+    """inner_adam_eps and batch_tasks came after compare folders held cached runs: left at their defaults, a row
+    keeps the name it had before the fields existed (so those runs are reused); set, they name a new run."""
     from maml_en_llm.cli import build_parser
     from maml_en_llm.config import TrainConfig
 
@@ -388,9 +388,12 @@ def test_a_field_added_later_enters_run_names_only_when_set(tmp_path, tiny_model
         return [row.run_name for row in compare_module.plan_compare(args, "compare").rows]
 
     unset, explicit_null, raised = run_names(), run_names("inner_adam_eps=null"), run_names("inner_adam_eps=1e-4")
+    explicit_false, batched = run_names("batch_tasks=false"), run_names("batch_tasks=true")
     real_to_dict = TrainConfig.to_dict
-    monkeypatch.setattr(TrainConfig, "to_dict",  # the recipe as it was written before the field existed
-                        lambda self: {k: v for k, v in real_to_dict(self).items() if k != "inner_adam_eps"})
-    assert unset == explicit_null == run_names()
+    monkeypatch.setattr(TrainConfig, "to_dict",  # the recipe as it was written before the fields existed
+                        lambda self: {k: v for k, v in real_to_dict(self).items()
+                                      if k not in ("inner_adam_eps", "batch_tasks")})
+    assert unset == explicit_null == explicit_false == run_names()
     assert all(a != b for a, b in zip(unset, raised))
+    assert all(a != b for a, b in zip(unset, batched)) and all(a != b for a, b in zip(raised, batched))
     assert not (tmp_path / "out").exists()

@@ -301,6 +301,47 @@ def test_an_inner_epsilon_the_recipe_never_reads_is_noted(overrides, note):
     assert make_config(overrides=parse_overrides(overrides)).unused_fields() == []  # unset: nothing to say
 
 
+def test_batch_tasks_trains_the_same_weights_in_one_pass_per_step(tmp_path, tiny_data_dir, tiny_model_dir, monkeypatch):
+    """batch_tasks=true: one forward/backward per meta-step instead of one per task, same training up to float32
+    summation order (the weights after 3 steps, the logged losses and tokens)."""
+    from maml_en_llm import algorithms
+
+    calls = []
+    real = algorithms.metaicl_tasks
+
+    def counted(model, params, episodes, pad_id):
+        calls.append(len(episodes))
+        return real(model, params, episodes, pad_id)
+
+    counted.over_tasks = True
+    monkeypatch.setattr(algorithms, "metaicl_tasks", counted)
+    runs = {}
+    for batch_tasks in ("false", "true"):
+        config = make_config(overrides=parse_overrides(["method=metaicl", "steps=3", "k=1", "tasks_per_step=3",
+                                                        "support_size=1", "query_size=1", "lr=1e-3",
+                                                        f"batch_tasks={batch_tasks}"]))
+        out = tmp_path / batch_tasks
+        train(config, model_name=str(tiny_model_dir), data_dir=tiny_data_dir, split="tiny", out_dir=out,
+              progress=False)
+        runs[batch_tasks] = (load_file(out / "final" / "model.safetensors"),
+                             [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    assert calls == [3, 3, 3]  # the batched run: one call per step, with every task of the step
+    (plain, plain_metrics), (batched, batched_metrics) = runs["false"], runs["true"]
+    for a, b in zip(plain_metrics, batched_metrics):
+        assert a["tokens"] == b["tokens"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    for name in plain:
+        torch.testing.assert_close(batched[name], plain[name], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(plain[name], load_file(tiny_model_dir / "model.safetensors")[name]) for name in plain)
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile", "metaicl", "ict", "multitask0"])
+def test_batch_tasks_is_noted_where_each_task_adapts_separately(method):
+    config = make_config(overrides=parse_overrides([f"method={method}", "batch_tasks=true"]))
+    adapts = method in ("maml", "fomaml", "reptile")
+    assert config.unused_fields() == ([f"batch_tasks=true has no effect: {method} adapts to each task separately"]
+                                      if adapts else [])
+
+
 def test_train_prints_the_notes_before_training(tmp_path, tiny_data_dir, tiny_model_dir, capsys):
     code = main(["train", "--method", "metaicl", "--model", str(tiny_model_dir), "--data-dir", str(tiny_data_dir),
                  "--split", "tiny", "--out", str(tmp_path / "run"), "steps=1", "k=1", "tasks_per_step=1",

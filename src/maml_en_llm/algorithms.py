@@ -51,7 +51,7 @@ from torch.autograd.function import once_differentiable
 
 from .config import INNER_OPTIMIZERS
 from .episodes import TaskEpisode
-from .lm import collate, mean_loss
+from .lm import collate, mean_loss, sequence_losses
 
 Params = dict[str, torch.Tensor]
 
@@ -61,6 +61,7 @@ class TaskResult:
     loss: float  # the loss the outer update optimises (query loss for maml/fomaml)
     tokens: int  # real tokens of the task's sampled instances (support + query): the unit of budgets
     inner_loss: float | None = None  # support loss before adaptation (MAML family)
+    tasks: int = 1  # how many tasks `loss` sums over (several for metaicl_tasks)
 
 
 def _new_moments(g, m, v, b1: float, b2: float, m_out=None, v_out=None):
@@ -343,6 +344,24 @@ def metaicl_task(model, params: Params, episode: TaskEpisode, pad_id: int) -> Ta
     return TaskResult(loss.item(), batch.num_tokens)
 
 
+def metaicl_tasks(model, params: Params, episodes: list[TaskEpisode], pad_id: int) -> TaskResult:
+    """metaicl_task over several tasks in one padded batch (`batch_tasks=true`): the sum over tasks of each task's
+    mean loss, so the same loss and gradient as calling metaicl_task task by task, from one forward and one
+    backward pass. Fewer, larger kernels: faster where a step is bound by dispatching operators (a small model on
+    a GPU), at the cost of padding every task's sequences to the longest of the step."""
+    sequences = [sequence for episode in episodes for sequence in episode.support + episode.query]
+    batch = collate(sequences, pad_id).to(_device(params))
+    losses = sequence_losses(model, batch)
+    weights = torch.tensor([1 / len(episode.support + episode.query) for episode in episodes
+                            for _ in episode.support + episode.query], dtype=losses.dtype, device=losses.device)
+    loss = (losses * weights).sum()
+    loss.backward()
+    return TaskResult(loss.item(), batch.num_tokens, tasks=len(episodes))
+
+
+metaicl_tasks.over_tasks = True  # meta_step hands it all of this rank's tasks at once
+
+
 def maml_task(model, params: Params, episode: TaskEpisode, pad_id: int, inner: InnerOptimizer, inner_steps: int,
               first_order: bool) -> TaskResult:
     """MAML-en-LLM (second order) or FOMAML: the query-loss gradient after adapting on the support batch."""
@@ -375,11 +394,13 @@ def _device(params: Params) -> torch.device:
     return next(iter(params.values())).device
 
 
-def task_function(method: str, inner: InnerOptimizer, inner_steps: int) -> Callable[..., TaskResult]:
+def task_function(method: str, inner: InnerOptimizer, inner_steps: int,
+                  batch_tasks: bool = False) -> Callable[..., TaskResult]:
     """The per-task function of a method with its inner-loop settings bound:
-    f(model, params, episode, pad_id) -> TaskResult, contribution added to param.grad."""
+    f(model, params, episode, pad_id) -> TaskResult, contribution added to param.grad. With `batch_tasks`, the
+    methods without inner steps get metaicl_tasks, which takes a list of episodes instead (`over_tasks`)."""
     if method in ("metaicl", "ict", "multitask0"):
-        return metaicl_task
+        return metaicl_tasks if batch_tasks else metaicl_task
     if method in ("maml", "fomaml"):
         first_order = method == "fomaml"
         return lambda model, params, episode, pad_id: maml_task(model, params, episode, pad_id, inner, inner_steps,

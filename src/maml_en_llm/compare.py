@@ -103,7 +103,7 @@ def parse_methods(methods: list[str]) -> list[str]:
 
 # Recipe fields added after compare folders existed: they enter a run's hash only when set, so the runs cached
 # before they existed keep their names (and are reused).
-HASHED_WHEN_SET = ("inner_adam_eps",)
+HASHED_WHEN_SET = {"inner_adam_eps": None, "batch_tasks": False}  # field -> the value that leaves it out
 
 
 def parse_sweep(text: str, methods: list[str], budget_flag: str | None) -> tuple[str, list[str]]:
@@ -279,7 +279,7 @@ def plan_compare(args, command_line: str) -> Plan:
                 config = dataclasses.replace(config, steps=steps)
             row.config, row.tasks = config, pools[key]
             recipe = {name: value for name, value in config.to_dict().items()
-                      if not (name in HASHED_WHEN_SET and value is None)}
+                      if not (name in HASHED_WHEN_SET and value == HASHED_WHEN_SET[name])}
             if budget_given and budget_given[0] == "seconds":  # steps come from a timed probe (train_row)
                 recipe = {**recipe, "steps": None, "seconds_budget": budget_given[1]}
             identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,

@@ -53,6 +53,7 @@ class TrainConfig:
     lora_dropout: float = 0.0  # dropout on the LoRA path
     lora_targets: str = "all-linear"  # modules that get adapters: all-linear, or names such as q_proj,v_proj
     gradient_checkpointing: bool = False  # recompute each layer's activations in backward (less memory, more time)
+    batch_tasks: bool = False  # metaicl/ict/multitask0: one forward and backward over all of a step's tasks
     checkpoint_every: int = 50  # write a checkpoint every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # how many recent checkpoints to keep
     eval_every: int = 0  # every N steps, score the validation tasks' dev files in context; 0 = off
@@ -153,6 +154,8 @@ class TrainConfig:
                              f"here" + (" (inner_steps=0)" if self.method in MAML_FAMILY else ""))
             elif self.inner_optimizer == "sgd":
                 notes.append(f"inner_adam_eps={self.inner_adam_eps} has no effect: the inner optimizer is sgd")
+        if self.batch_tasks and self.method in MAML_FAMILY:
+            notes.append(f"batch_tasks=true has no effect: {self.method} adapts to each task separately")
         return notes
 
     def to_dict(self) -> dict:

@@ -149,7 +149,7 @@ def setup_training(config: TrainConfig, model_name: str, dtype: str, device: tor
     inner_eps = config.adam_eps if config.inner_adam_eps is None else config.inner_adam_eps
     inner = InnerOptimizer(config.inner_optimizer, config.inner_lr, tuple(config.adam_betas), inner_eps,
                            shared=optimizer, shared_params=params)
-    step_task = task_function(config.method, inner, config.inner_steps)
+    step_task = task_function(config.method, inner, config.inner_steps, config.batch_tasks)
     shares_moments = config.method in MAML_FAMILY and inner.writes_outer_state and config.inner_steps > 0
     return TrainingSetup(config, model, tokenizer, params, optimizer, scheduler, step_task, shares_moments)
 
@@ -339,10 +339,14 @@ def meta_step(model, params: dict[str, torch.Tensor], episode, step_task, optimi
     gradient norm. `compute` is the context each task's forward/backward runs in (precision.autocast)."""
     optimizer.zero_grad(set_to_none=True)
     stats = torch.zeros(4, dtype=torch.float64)  # loss, inner loss, tokens, tasks
-    for task_episode in distributed.shard(episode):
+    mine = distributed.shard(episode)
+    if getattr(step_task, "over_tasks", False):  # batch_tasks: all of this rank's tasks in one call
+        mine = [mine] if mine else []
+    for task_episodes in mine:
         with compute():  # the model's compute precision (bf16 autocast, or nothing)
-            result = step_task(model, params, task_episode, pad_id)
-        stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, 1], dtype=torch.float64)
+            result = step_task(model, params, task_episodes, pad_id)
+        stats += torch.tensor([result.loss, result.inner_loss or 0.0, result.tokens, result.tasks],
+                              dtype=torch.float64)
     for p in params.values():
         if p.grad is None:  # a rank with no task this step still takes part in the sum
             p.grad = torch.zeros_like(p)
