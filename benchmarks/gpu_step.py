@@ -249,10 +249,16 @@ def start_profiler(on_cuda: bool):
 def write_profile(profiler, path: str, spec: dict, overrides: list[str], timed_seconds: float, on_cuda: bool) -> dict:
     """Append the row's operator tables to `path`; return the GPU's busy fraction over the timed steps (the sum of
     its kernels' time over the steps' wall time: near 1 when compute-bound, far below when the CPU side, Python
-    and kernel launches, is what limits the step)."""
+    and kernel launches, is what limits the step). Kernels are summed from the CUDA events alone, as torch's own
+    table total is: a CPU operator's entry carries the time of the kernels it launched too. The profiler also
+    runs between the timed steps (the loop's own code), which the busy fraction leaves out of its wall time."""
+    from torch.autograd import DeviceType
+
     events = profiler.key_averages()
     device_key = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
-    kernel_seconds = sum(getattr(event, device_key, 0) or 0 for event in events) / 1e6 if on_cuda else None
+    kernels = [event for event in events
+               if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)]
+    kernel_seconds = sum(getattr(event, device_key, 0) or 0 for event in kernels) / 1e6 if on_cuda else None
     cpu_seconds = sum(event.self_cpu_time_total for event in events) / 1e6
     busy = kernel_seconds / timed_seconds if on_cuda and timed_seconds else None
     label = " ".join([spec["model"], spec["variant"], spec["method"], *overrides])

@@ -65,15 +65,16 @@ else
 fi
 
 echo "== 2. where a meta-step's time goes: two profiled rows (${SECONDS}s used)"
+: > "$OUT/profile.txt"; : > "$OUT/gpu_step.log"
 for batched in false true; do  # the step's tasks one forward pass each, then all in one (batch_tasks)
-    timeout 120 "$PY" benchmarks/gpu_step.py "${PROFILE[@]}" --methods metaicl --variants lora --steps 2 \
+    timeout "$(left 240)" "$PY" benchmarks/gpu_step.py "${PROFILE[@]}" --methods metaicl --variants lora --steps 2 \
         --set batch_tasks=$batched --profile "$OUT/profile.txt" > /dev/null 2>> "$OUT/gpu_step.log" || failed=1
 done
-grep -h '^## ' "$OUT/profile.txt" 2>/dev/null || echo "no profile; see $OUT/gpu_step.log"
+grep -h '^## ' "$OUT/profile.txt" || echo "no profile; see $OUT/gpu_step.log"
 
 echo "== 3. throughput (${SECONDS}s used)"
 timeout "$(left 60)" "$PY" benchmarks/gpu_step.py "${BENCH[@]}" --methods metaicl,fomaml,maml --variants full,lora \
-    --row-timeout 120 --json "$OUT/gpu_step.json" > /dev/null 2> "$OUT/gpu_step.log" || failed=1
+    --row-timeout 120 --json "$OUT/gpu_step.json" > /dev/null 2>> "$OUT/gpu_step.log" || failed=1
 if [ -s "$OUT/gpu_step.json" ]; then
     "$PY" benchmarks/gpu_step.py --table "$OUT/gpu_step.json" | tee "$OUT/gpu_step.md"
 else

@@ -94,8 +94,9 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/inner-eps" inner_adam_eps=1e-4 ;;
-  # Section 5: on one GPU, MetaICL with 4 support + 4 query instances per task for 170 s of meta-steps (76 steps,
-  # 755k tokens on an H200; --budget steps=76 repeats the same steps on any GPU), bf16; torch keeps its threads
+  # Section 5: on one GPU, MetaICL with 4 support + 4 query instances per task and a 170 s budget (on an H200 the
+  # timed probe made it 76 steps, 755k tokens; --budget steps=76 repeats those steps on any GPU), bf16; torch keeps
+  # its threads
   gpu)
     env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/social.json \
       --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget seconds=170 \

@@ -101,8 +101,8 @@ def parse_methods(methods: list[str]) -> list[str]:
     return list(methods)
 
 
-# Recipe fields added after compare folders existed: they enter a run's hash only when set, so the runs cached
-# before they existed keep their names (and are reused).
+# Recipe fields added after compare folders existed: they enter a run's hash only when set (and read by the row's
+# method), so the runs cached before they existed keep their names (and are reused).
 HASHED_WHEN_SET = {"inner_adam_eps": None, "batch_tasks": False}  # field -> the value that leaves it out
 
 
@@ -278,8 +278,9 @@ def plan_compare(args, command_line: str) -> Plan:
                 steps, _ = steps_for_tokens(config, pools[key], tokenizer, budget_given[1])
                 config = dataclasses.replace(config, steps=steps)
             row.config, row.tasks = config, pools[key]
+            ignored = config.ignored_fields()
             recipe = {name: value for name, value in config.to_dict().items()
-                      if not (name in HASHED_WHEN_SET and value == HASHED_WHEN_SET[name])}
+                      if not (name in HASHED_WHEN_SET and (value == HASHED_WHEN_SET[name] or name in ignored))}
             if budget_given and budget_given[0] == "seconds":  # steps come from a timed probe (train_row)
                 recipe = {**recipe, "steps": None, "seconds_budget": budget_given[1]}
             identity = {"model": model_id, "data_dir": str(data_dir), "split": {"name": split.name,

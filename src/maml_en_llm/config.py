@@ -144,19 +144,27 @@ class TrainConfig:
         """k actually used: multi-task zero-shot trains without demonstrations."""
         return 0 if self.method == "multitask0" else self.k
 
-    def unused_fields(self) -> list[str]:
-        """Fields set to a value that this recipe never reads: one line each, for a note before training.
-        (Not an error: compare shares one recipe between methods that read different fields.)"""
-        notes = []
+    def ignored_fields(self) -> dict[str, str]:
+        """Fields set away from their default that this recipe never reads -> why. Not an error: compare shares one
+        recipe between methods that read different fields."""
+        ignored = {}
         if self.inner_adam_eps is not None:
             if self.method not in MAML_FAMILY or self.inner_steps == 0:
-                notes.append(f"inner_adam_eps={self.inner_adam_eps} has no effect: {self.method} takes no inner steps "
-                             f"here" + (" (inner_steps=0)" if self.method in MAML_FAMILY else ""))
+                ignored["inner_adam_eps"] = (f"{self.method} takes no inner steps here"
+                                             + (" (inner_steps=0)" if self.method in MAML_FAMILY else ""))
             elif self.inner_optimizer == "sgd":
-                notes.append(f"inner_adam_eps={self.inner_adam_eps} has no effect: the inner optimizer is sgd")
+                ignored["inner_adam_eps"] = "the inner optimizer is sgd"
         if self.batch_tasks and self.method in MAML_FAMILY:
-            notes.append(f"batch_tasks=true has no effect: {self.method} adapts to each task separately")
-        return notes
+            ignored["batch_tasks"] = f"{self.method} adapts to each task separately"
+        return ignored
+
+    def unused_fields(self) -> list[str]:
+        """ignored_fields as one line each, for a note before training."""
+        def shown(value):
+            return str(value).lower() if isinstance(value, bool) else value
+
+        return [f"{name}={shown(getattr(self, name))} has no effect: {why}"
+                for name, why in self.ignored_fields().items()]
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
