@@ -349,11 +349,11 @@ def metaicl_tasks(model, params: Params, episodes: list[TaskEpisode], pad_id: in
     mean loss, so the same loss and gradient as calling metaicl_task task by task, from one forward and one
     backward pass. Fewer, larger kernels: faster where a step is bound by dispatching operators (a small model on
     a GPU), at the cost of padding every task's sequences to the longest of the step."""
-    sequences = [sequence for episode in episodes for sequence in episode.support + episode.query]
-    batch = collate(sequences, pad_id).to(_device(params))
+    per_task = [episode.support + episode.query for episode in episodes]
+    batch = collate([sequence for task in per_task for sequence in task], pad_id).to(_device(params))
     losses = sequence_losses(model, batch)
-    weights = torch.tensor([1 / len(episode.support + episode.query) for episode in episodes
-                            for _ in episode.support + episode.query], dtype=losses.dtype, device=losses.device)
+    weights = torch.tensor([1 / len(task) for task in per_task for _ in task], dtype=losses.dtype,
+                           device=losses.device)
     loss = (losses * weights).sum()
     loss.backward()
     return TaskResult(loss.item(), batch.num_tokens, tasks=len(episodes))
