@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from maml_en_llm.lm import collate, mean_loss, sequence_losses
+from maml_en_llm import lm
+from maml_en_llm.lm import collate, mean_loss, sequence_losses, training_mask
 
 PAD = 258
 
@@ -54,3 +55,80 @@ def test_empty_context_scores_from_the_second_target_token(model):
         collate([([], [5])], PAD)
     with pytest.raises(ValueError, match="no target tokens"):
         collate([([1], [])], PAD)
+
+
+def test_training_mask_is_causal_over_real_keys_and_leaves_no_query_row_empty():
+    batch = collate([([1, 2, 3], [4]), ([5], [6, 7]), ([8], [9])], PAD)  # widths 4, 3, 2: one and two pad slots
+    mask = training_mask(batch.attention_mask)
+    assert mask.shape == (3, 1, 4, 4) and mask.dtype == torch.bool
+    real = batch.attention_mask.bool()
+    for row in range(3):
+        for q in range(4):
+            expected = [bool(real[row, key]) and key <= q for key in range(4)] if real[row, q] else \
+                [key == q for key in range(4)]  # a pad position sees itself only
+            assert mask[row, 0, q].tolist() == expected, (row, q)
+    assert mask.any(-1).all()  # what CUDA's memory-efficient SDPA backward needs (no NaN rows)
+
+
+def _checked_sdpa(seen):
+    """transformers' SDPA attention, recording the mask it receives."""
+    from transformers.modeling_utils import AttentionInterface
+
+    original = AttentionInterface._global_mapping["sdpa"]
+
+    def wrapper(module, query, key, value, attention_mask, *args, **kwargs):
+        seen.append(None if attention_mask is None else attention_mask.detach().clone())
+        return original(module, query, key, value, attention_mask, *args, **kwargs)
+    return wrapper
+
+
+def test_under_gradients_sdpa_sees_no_fully_masked_row_and_nothing_else_changes(tiny_model_dir, device, monkeypatch):
+    from transformers.modeling_utils import AttentionInterface
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").to(device)
+    batch = collate([([1, 2, 3, 4, 5, 6], [7, 8]), ([9], [10, 11, 12]), ([3] * 4, [4])], PAD).to(device)
+
+    def losses_and_grads():
+        model.zero_grad()
+        losses = sequence_losses(model, batch)
+        losses.sum().backward()
+        return losses.detach(), [p.grad.clone() for p in model.parameters()]
+
+    seen = []
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", _checked_sdpa(seen))
+    losses, grads = losses_and_grads()
+    assert seen and all(mask is not None and mask.any(-1).all() for mask in seen)
+    with torch.no_grad():  # scoring keeps transformers' own mask from the 2D one: its pad rows are empty
+        seen.clear()
+        scored = sequence_losses(model, batch)
+    assert seen and not all(mask.any(-1).all() for mask in seen)
+    assert torch.allclose(scored, losses, atol=1e-6)
+
+    monkeypatch.setattr(lm, "training_mask", lambda mask: mask)  # the plain 2D mask, as before
+    plain_losses, plain_grads = losses_and_grads()
+    assert torch.allclose(losses, plain_losses, atol=1e-6)
+    for got, want in zip(grads, plain_grads):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_eager_attention_and_unpadded_batches_keep_the_2d_mask(tiny_model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(lm, "training_mask", lambda mask: calls.append(mask) or mask)
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    sequence_losses(eager, collate([([1, 2], [3]), ([4], [5])], PAD)).sum().backward()
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    sequence_losses(sdpa, collate([([1, 2], [3]), ([4, 5], [6])], PAD)).sum().backward()  # no padding
+    assert calls == []
+    sequence_losses(sdpa, collate([([1, 2], [3]), ([4], [5])], PAD)).sum().backward()
+    assert len(calls) == 1
+
+
+def test_a_batch_wider_than_a_sliding_window_keeps_the_2d_mask(tiny_model_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(lm, "training_mask", lambda mask: calls.append(mask) or mask)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    model.config.sliding_window = 3
+    sequence_losses(model, collate([([1, 2, 3], [4]), ([5], [6])], PAD)).sum().backward()  # width 4 > 3
+    assert calls == []
+    sequence_losses(model, collate([([1, 2], [3]), ([5], [6])], PAD)).sum().backward()  # width 3
+    assert len(calls) == 1

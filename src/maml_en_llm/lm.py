@@ -6,6 +6,13 @@ targets end at the last position; the model then computes logits only for the la
 positions (`logits_to_keep`), which keeps the 49k-wide vocabulary projection off the prompt tokens. Position ids
 are derived from the attention mask, so a padded sequence is computed exactly as it would be alone.
 
+Under gradients, an SDPA model gets a 4D mask in which each left-pad position attends to itself
+(`training_mask`). With the plain 2D mask a pad position sees no key at all, and CUDA's memory-efficient SDPA
+kernel can return NaN gradients for such fully masked rows (seen at a fixed step of a bf16 LoRA run on an H200;
+docs/benchmarks.md). Real tokens see exactly the keys they saw before, so losses and gradients are unchanged.
+Scoring (no gradients) keeps the 2D mask, and so does a sliding-window model (Gemma 3) whose batch is wider than
+its window, since a 4D mask would stand in for the window masks transformers builds.
+
 `params` lets algorithms run the model on a dict of tensors other than its own (adapted weights, with or without
 a graph back to the originals) through `torch.func.functional_call`.
 """
@@ -59,13 +66,33 @@ def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, target_mask)
 
 
+def training_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The [B, 1, T, T] boolean SDPA mask of a left-padded batch (True = may attend): causal over real keys, as
+    transformers builds it from the 2D mask, plus each position attending to itself, so that no query row (a pad
+    position's) is fully masked."""
+    width = attention_mask.shape[1]
+    real_keys = attention_mask.bool()[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()
+    allowed = (causal & real_keys) | torch.eye(width, dtype=torch.bool, device=attention_mask.device)
+    return allowed[:, None]
+
+
+def _attention_kwargs(model: torch.nn.Module, batch: Batch) -> dict:
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    mask = batch.attention_mask
+    config = getattr(model, "config", None)
+    window = getattr(config, "sliding_window", None)  # a 4D mask would replace transformers' sliding-window masks
+    if (torch.is_grad_enabled() and getattr(config, "_attn_implementation", None) == "sdpa"
+            and not bool(mask.all()) and (window is None or mask.shape[1] <= window)):
+        mask = training_mask(mask)
+    return dict(attention_mask=mask, position_ids=position_ids)
+
+
 def sequence_losses(model: torch.nn.Module, batch: Batch,
                     params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean cross-entropy over each sequence's target tokens, shape [B] (at least float32)."""
     target_width = batch.target_mask.shape[1]
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = dict(attention_mask=batch.attention_mask, position_ids=position_ids,
-                  logits_to_keep=target_width + 1, use_cache=False)
+    kwargs = dict(**_attention_kwargs(model, batch), logits_to_keep=target_width + 1, use_cache=False)
     if params is None:
         output = model(batch.input_ids, **kwargs)
     else:
