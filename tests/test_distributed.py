@@ -221,6 +221,8 @@ LORA = dict(lora_rank=4, lora_alpha=8, lora_dropout=0.0)  # no dropout: its rand
 RUNS = {
     "metaicl-even": dict(method="metaicl", tasks_per_step=2),
     "metaicl-idle-rank": dict(method="metaicl", tasks_per_step=1),
+    "metaicl-batched-uneven": dict(method="metaicl", tasks_per_step=3, batch_tasks=True),  # one pass per rank
+    "metaicl-batched-idle-rank": dict(method="metaicl", tasks_per_step=1, batch_tasks=True),  # rank 1: no call
     "fomaml-uneven": dict(method="fomaml", inner_optimizer="sgd", tasks_per_step=3),
     "maml-uneven": dict(method="maml", inner_optimizer="sgd", tasks_per_step=3),
     "maml-idle-rank": dict(method="maml", inner_optimizer="sgd", tasks_per_step=1),

@@ -96,6 +96,7 @@ def test_non_finite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(
                 else:
                     result = dataclasses.replace(result, loss=float("inf"))
             return result
+        step.over_tasks = getattr(step_task, "over_tasks", False)  # batch_tasks: one call per meta-step
         return step
 
     monkeypatch.setattr(train_module, "task_function", poisoned_task_function)
@@ -112,6 +113,36 @@ def test_non_finite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(train_module, "task_function", real_task_function)
     assert main(train_argv(tiny_model_dir, data_dir, out, "--resume")) == 0
     assert_same_weights(out / "final", reference / "final")
+
+
+def test_a_nan_gradient_under_batch_tasks_stops_before_the_update(tmp_path, tiny_model_dir, data_dir, monkeypatch,
+                                                                  capsys):
+    """metaicl with batch_tasks=true: one call per meta-step gets all its tasks; a NaN in meta-step 3's gradient
+    stops the run there with the step-2 checkpoint intact, and a resume finishes it."""
+    real_task_function = train_module.task_function
+    calls = []
+
+    def poisoned_task_function(*args, **kwargs):
+        step_task = real_task_function(*args, **kwargs)
+
+        def step(model, params, episodes, pad_id):
+            calls.append(len(episodes))
+            result = step_task(model, params, episodes, pad_id)
+            if len(calls) == 3:
+                next(iter(params.values())).grad.view(-1)[0] = float("nan")
+            return result
+        step.over_tasks = step_task.over_tasks
+        return step
+
+    monkeypatch.setattr(train_module, "task_function", poisoned_task_function)
+    out = tmp_path / "run"
+    argv = [a if a != "maml" else "metaicl" for a in train_argv(tiny_model_dir, data_dir, out, "batch_tasks=true")]
+    assert main(argv) == 2
+    assert calls == [2, 2, 2]  # each call held the step's 2 tasks
+    assert "non-finite gradient norm (nan)" in one_error_line(capsys)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"] and steps_logged(out) == [1, 2]
+    monkeypatch.setattr(train_module, "task_function", real_task_function)
+    assert main(argv + ["--resume"]) == 0 and (out / "final").exists() and steps_logged(out) == [1, 2, 3, 4]
 
 
 # ---------------------------------------------------------------- full disk
