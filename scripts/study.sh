@@ -88,6 +88,16 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot --budget tokens=300000 "${EVAL[@]}" \
       --out "$OUT/random-300k" train_labels=random ;;
+  # Section 4: MetaICL with LoRA at a learning rate below section 1's (1e-4 instead of 5e-4)
+  lr-low)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" --out "$OUT/lr-low" \
+      lr=1e-4 ;;
+  # Section 4: MetaICL with full fine-tuning (no LoRA) at 1e-4, a LoRA-like rate for full fine-tuning
+  full-ft)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" --out "$OUT/full-ft" \
+      lora_rank=0 lr=1e-4 ;;
   # Section 1e: second-order MAML-en-LLM with the inner steps' Adam epsilon raised to 1e-4 (training.md, the
   # first meta-step under LoRA); the outer AdamW keeps 1e-8
   inner-eps)
@@ -102,6 +112,14 @@ case "${1:-}" in
       --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget seconds=170 \
       "${EVAL[@]}" --device cuda --dtype bfloat16 --batch-size 32 --out "$OUT/gpu" \
       support_size=4 query_size=4 checkpoint_every=0 ;;
+  # Section 5b: on one GPU, random-label MetaICL with 16 tasks x (2 support + 2 query) instances per meta-step in
+  # one padded batch (batch_tasks=true) and a 290 s budget (on an H200: 507 steps, 10.4M tokens; --budget steps=507
+  # repeats those steps on any GPU), bf16
+  gpu-random)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/social.json \
+      --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget seconds=290 \
+      "${EVAL[@]}" --device cuda --dtype bfloat16 --batch-size 32 --out "$OUT/gpu-random" \
+      train_labels=random tasks_per_step=16 support_size=2 query_size=2 batch_tasks=true checkpoint_every=0 ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -109,5 +127,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|inner-eps|gpu|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
