@@ -11,7 +11,8 @@ attention for second order).
     python benchmarks/cost.py --rows metaicl,maml:shared-adam-copy:lora --seq-len 128 --steps 2
 
 A row is `method[:inner_optimizer][:variant...]` with variants `lora` (lora_rank=16), `gc` (gradient
-checkpointing), `j2`/`j4` (inner steps), `len128`/`len512` (sequence length). Prints Markdown tables (ratios are to
+checkpointing), `j2`/`j4` (inner steps), `len128`/`len512` (sequence length), `bt` (batch_tasks=true: a metaicl step's tasks
+in one forward pass). Prints Markdown tables (ratios are to
 the metaicl row of the same LoRA/length group); `--json PATH` writes the raw numbers.
 """
 
@@ -45,12 +46,14 @@ SUITE = {
 def parse_row(text: str) -> dict:
     parts = text.split(":")
     row = {"row": text, "method": parts[0], "inner": parts[1] if len(parts) > 1 and parts[1] else "-",
-           "lora": False, "gc": False, "inner_steps": 1, "seq_len": None}
+           "lora": False, "gc": False, "inner_steps": 1, "seq_len": None, "batch_tasks": False}
     for variant in parts[2:]:
         if variant == "lora":
             row["lora"] = True
         elif variant == "gc":
             row["gc"] = True
+        elif variant == "bt":
+            row["batch_tasks"] = True
         elif variant.startswith("j"):
             row["inner_steps"] = int(variant[1:])
         elif variant.startswith("len"):
@@ -84,13 +87,13 @@ def measure(row: dict, args) -> dict:
     inner_kind = row["inner"] if row["inner"] != "-" else "sgd"
     config = make_config(overrides={"method": row["method"], "inner_optimizer": inner_kind,
                                     "inner_steps": row["inner_steps"], "lora_rank": 16 if row["lora"] else 0,
-                                    "gradient_checkpointing": row["gc"]})
+                                    "gradient_checkpointing": row["gc"], "batch_tasks": row["batch_tasks"]})
     model, tokenizer = build_model(config, args.model, args.dtype, device)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-5)
     ensure_adam_state(optimizer)
     inner = InnerOptimizer(inner_kind, 1e-5, shared=optimizer, shared_params=params)
-    step_task = task_function(row["method"], inner, row["inner_steps"])
+    step_task = task_function(row["method"], inner, row["inner_steps"], config.batch_tasks)
     seq_len = row["seq_len"] or args.seq_len
     g = torch.Generator().manual_seed(0)
     target = 6
