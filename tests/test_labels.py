@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maml_en_llm.episodes import TaskData, sample_episode
-from maml_en_llm.labels import SYMBOLS, random_labels, shared_options, symbolize
+from maml_en_llm.labels import SYMBOLS, random_labels, rename_in_text, shared_options, symbolize
 from maml_en_llm.prompts import PromptFormat
 from maml_en_llm.tasks import Example
 
@@ -76,3 +76,28 @@ def test_label_modes_choose_the_same_examples(tokenizer):
     assert inputs(gold[1]) == inputs(rand[1]) == inputs(sym[1])
     assert gold != rand  # random labels changed at least one demonstration's label ...
     assert [t[-1] for t in rand[0] + rand[1]] == [t[-1] for t in gold[0] + gold[1]]  # ... never a target's
+
+
+def test_rename_in_text_replaces_whole_label_words_once_ignoring_case():
+    mapping = {"yes": "river", "no": "apple", "not sure": "stone", "river": "tiger"}
+    text = "Answer Yes, no or not sure. Nobody says YES-or-no; a river runs."
+    assert rename_in_text(text, mapping) == "Answer river, apple or stone. Nobody says river-or-apple; a tiger runs."
+    assert rename_in_text(text, {}) == text
+
+
+def test_ict_symbol_training_renames_label_words_in_the_instruction(tokenizer):
+    pool = tuple(cls(i, CLASSES[i % 3]) for i in range(60))
+    tokenize = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    instruction = "Is the text Positive, negative or neutral?"
+    for mode in ("symbols", "gold"):
+        (episode,) = sample_episode([TaskData("t", pool, instruction)], 0, seed=1, tasks_per_step=1, k=2,
+                                    support_size=1, query_size=1, tokenize=tokenize, fmt=PromptFormat(),
+                                    use_instructions=True, train_labels=mode)
+        for context, target in episode.support + episode.query:
+            words = [w.strip(",?").lower() for w in tokenizer.decode(context + target).split()]
+            assert words[:3] == ["is", "the", "text"] and words[5] == "or"
+            label_words = {words[3], words[4], words[6]}
+            if mode == "symbols":
+                assert label_words <= set(SYMBOLS) and not set(words) & set(CLASSES)
+            else:
+                assert label_words == set(CLASSES)

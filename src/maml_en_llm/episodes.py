@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import UserError
-from .labels import apply_mapping, random_labels, shared_options, symbol_mapping
+from .labels import apply_mapping, random_labels, rename_in_text, shared_options, symbol_mapping
 from .prompts import PromptFormat, Tokenize, TokenSequence, training_sequence
 from .tasks import Example
 
@@ -143,6 +143,8 @@ def sample_episode(tasks: Sequence[TaskData], step: int, *, seed: int, tasks_per
                 label_sets[entry.task] = task.label_set
             if label_sets[entry.task] is not None:
                 mapping = symbol_mapping(label_sets[entry.task], label_rng)
+                if instruction:  # ict: an instruction naming the label words would give the mapping away
+                    instruction = rename_in_text(instruction, mapping)
 
         def encode(instances):
             sequences = []

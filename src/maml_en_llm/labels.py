@@ -20,6 +20,7 @@ options.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Sequence
 
@@ -67,6 +68,16 @@ def symbol_mapping(options: Sequence[str], rng: np.random.Generator) -> dict[str
 def apply_mapping(examples: Sequence[Example], mapping: dict[str, str]) -> list[Example]:
     """Examples with their output and options renamed through `mapping`."""
     return [replace(e, output=mapping[e.output], options=tuple(mapping[o] for o in e.options)) for e in examples]
+
+
+def rename_in_text(text: str, mapping: dict[str, str]) -> str:
+    """`text` (a task instruction) with every whole-word mention of a label word replaced by its symbol, ignoring
+    case, longest label first, in one pass (a symbol is never renamed again)."""
+    if not mapping:
+        return text
+    lowered = {label.lower(): symbol for label, symbol in mapping.items()}
+    pattern = "|".join(re.escape(label) for label in sorted(lowered, key=len, reverse=True))
+    return re.sub(rf"(?<!\w)(?:{pattern})(?!\w)", lambda m: lowered[m.group(0).lower()], text, flags=re.IGNORECASE)
 
 
 def symbolize(demonstrations: Sequence[Example], targets: Sequence[Example], rng: np.random.Generator):
