@@ -11,9 +11,9 @@ attention for second order).
     python benchmarks/cost.py --rows metaicl,maml:shared-adam-copy:lora --seq-len 128 --steps 2
 
 A row is `method[:inner_optimizer][:variant...]` with variants `lora` (lora_rank=16), `gc` (gradient
-checkpointing), `j2`/`j4` (inner steps), `len128`/`len512` (sequence length), `bt` (batch_tasks=true: a metaicl step's tasks
-in one forward pass). Prints Markdown tables (ratios are to
-the metaicl row of the same LoRA/length group); `--json PATH` writes the raw numbers.
+checkpointing), `j2`/`j4` (inner steps), `len128`/`len512` (sequence length), `bt` (batch_tasks=true: a metaicl
+step's tasks in one forward pass). Prints Markdown tables (ratios are to the metaicl row of the same LoRA/length
+group); `--json PATH` writes the raw numbers.
 """
 
 from __future__ import annotations

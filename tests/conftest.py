@@ -23,6 +23,16 @@ SEEDS = (100, 13, 21, 42, 87)
 TEST_DEVICE = os.environ.get("MAML_EN_LLM_TEST_DEVICE", "cpu")
 
 
+def load_script(path: Path):
+    """The Python file at `path` (a benchmark or script outside the package) imported as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "device: runs on MAML_EN_LLM_TEST_DEVICE (cpu unless set)")
     if torch.device(TEST_DEVICE).type == "cuda" and not torch.cuda.is_available():

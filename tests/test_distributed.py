@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from conftest import make_tiny_data
+from conftest import load_script, make_tiny_data
 from maml_en_llm import distributed
 from maml_en_llm.algorithms import TaskResult, ensure_adam_state
 from maml_en_llm.cli import main
@@ -263,11 +263,7 @@ def two_rank_runs(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def test_bucketed_collectives_across_two_real_ranks(two_rank_runs):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("dist_worker", Path(__file__).with_name("dist_worker.py"))
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
+    worker = load_script(Path(__file__).with_name("dist_worker.py"))
     expected = [(a + b).tolist() for a, b in zip(worker.rank_tensors(0), worker.rank_tensors(1))]
     for rank in (0, 1):
         got = json.loads((two_rank_runs / f"collectives-{rank}.json").read_text())

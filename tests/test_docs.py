@@ -2,17 +2,15 @@
 CLI flags the docs use exist."""
 
 import argparse
-import importlib.util
 import re
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("check_no_machine_paths", ROOT / "scripts" / "check_no_machine_paths.py")
-checker = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(checker)
+checker = load_script(ROOT / "scripts" / "check_no_machine_paths.py")
 
 
 def test_docs_hold_no_absolute_path_of_this_machine():

@@ -2,12 +2,12 @@
 method, tokens and FLOPs that add up, LoRA rows run or say why not, and nothing of the training loop stays
 patched afterwards."""
 
-import importlib.util
 import json
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from maml_en_llm import models
 from maml_en_llm import train as train_module
@@ -19,10 +19,7 @@ HAS_LORA = "lora_rank" in {f.name for f in fields(TrainConfig)}
 
 @pytest.fixture(scope="module")
 def gpu_step():
-    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_tiny_rows_on_cpu(gpu_step, tmp_path, capsys):
@@ -65,9 +62,7 @@ def test_first_maml_meta_gradient_under_lora_grows_as_one_over_adam_eps(tmp_path
 
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        spec = importlib.util.spec_from_file_location("first_meta_step", SCRIPT.parent / "first_meta_step.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
+        script = load_script(SCRIPT.parent / "first_meta_step.py")
     finally:
         sys.path.remove(str(SCRIPT.parent))
     model = script.write_model(tmp_path / "model", "tiny", "cpu")

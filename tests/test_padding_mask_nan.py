@@ -1,11 +1,11 @@
 """benchmarks/padding_mask_nan.py runs on CPU with a tiny model: it replays the run's steps with the plain 2D
 mask and takes the next step both ways from the same state, which on a CPU gives the same finite step."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_script
 
 from maml_en_llm import lm
 
@@ -14,10 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "padding_mask_nan.
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("padding_mask_nan", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_replays_then_compares_both_masks_from_the_same_state(script, tiny_model_dir, tiny_data_dir, tmp_path):
