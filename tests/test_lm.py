@@ -123,7 +123,7 @@ def test_eager_attention_and_unpadded_batches_keep_the_2d_mask(tiny_model_dir, m
     assert len(calls) == 1
 
 
-def test_a_batch_wider_than_a_sliding_window_keeps_the_2d_mask(tiny_model_dir, monkeypatch):
+def test_a_window_model_without_masks_per_layer_type_keeps_the_2d_mask_past_its_window(tiny_model_dir, monkeypatch):
     calls = []
     monkeypatch.setattr(lm, "training_mask", lambda mask: calls.append(mask) or mask)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
@@ -132,3 +132,63 @@ def test_a_batch_wider_than_a_sliding_window_keeps_the_2d_mask(tiny_model_dir, m
     assert calls == []
     sequence_losses(model, collate([([1, 2], [3]), ([5], [6])], PAD)).sum().backward()  # width 3
     assert len(calls) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3():
+    """A random two-layer Gemma 3: one sliding-window layer (window 3) and one full-attention layer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=3,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=64)
+    return Gemma3ForCausalLM._from_config(config, attn_implementation="sdpa")
+
+
+def test_training_mask_with_a_window_sees_only_keys_within_it():
+    batch = collate([([1, 2, 3, 4], [5]), ([6], [7, 8])], PAD)  # width 5; the second row has two pad slots
+    mask = training_mask(batch.attention_mask, window=2)
+    real = batch.attention_mask.bool()
+    for row in range(2):
+        for q in range(5):
+            expected = [bool(real[row, key]) and 0 <= q - key < 2 for key in range(5)] if real[row, q] else \
+                [key == q for key in range(5)]
+            assert mask[row, 0, q].tolist() == expected, (row, q)
+
+
+def test_a_model_with_sliding_layers_gets_one_mask_per_layer_type_matching_transformers(tiny_gemma3, monkeypatch):
+    from transformers.modeling_utils import AttentionInterface
+
+    model = tiny_gemma3
+    batch = collate([([1, 2, 3, 4, 5, 6], [7, 8]), ([9], [10, 11, 12]), ([3] * 4, [4])], PAD)  # width 8 > 3
+    real_queries = batch.attention_mask.bool()[:, None, :, None]
+
+    def losses_and_grads():
+        model.zero_grad()
+        losses = sequence_losses(model, batch)
+        losses.sum().backward()
+        return losses.detach(), [p.grad.clone() for p in model.parameters()]
+
+    seen = []
+    monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", _checked_sdpa(seen))
+    with torch.no_grad():  # transformers builds its own masks from the 2D one: window on layer 0, none on layer 1
+        scored = sequence_losses(model, batch)
+    theirs, seen[:] = list(seen), []
+    losses, grads = losses_and_grads()
+    ours = list(seen)
+    assert len(ours) == len(theirs) == 2
+    assert not theirs[0].equal(theirs[1])  # the window is there (so the comparison below sees it)
+    for got, want in zip(ours, theirs):
+        got = got.expand_as(want)
+        assert got.any(-1).all()  # no fully masked query row under gradients
+        assert torch.equal(got & real_queries, want & real_queries)  # real tokens see exactly transformers' keys
+    assert torch.allclose(scored, losses, atol=1e-6)
+
+    monkeypatch.setattr(lm, "_takes_masks_per_layer_type", lambda module_class: False)  # keep the plain 2D mask
+    seen.clear()
+    plain_losses, plain_grads = losses_and_grads()
+    assert not all(mask.any(-1).all() for mask in seen)  # that path does leave empty rows
+    assert torch.allclose(losses, plain_losses, atol=1e-6)
+    for got, want in zip(grads, plain_grads):
+        assert torch.allclose(got, want, atol=1e-6)

@@ -10,8 +10,10 @@ Under gradients, an SDPA model gets a 4D mask in which each left-pad position at
 (`training_mask`). With the plain 2D mask a pad position sees no key at all, and CUDA's memory-efficient SDPA
 kernel can return NaN gradients for such fully masked rows (seen at a fixed step of a bf16 LoRA run on an H200;
 docs/benchmarks.md). Real tokens see exactly the keys they saw before, so losses and gradients are unchanged.
-Scoring (no gradients) keeps the 2D mask, and so does a sliding-window model (Gemma 3) whose batch is wider than
-its window, since a 4D mask would stand in for the window masks transformers builds.
+Scoring (no gradients) keeps the 2D mask. A model whose layers alternate sliding-window and full attention
+(Gemma 3, Qwen2 with its window on) gets one such mask per layer type when its batch is wider than its window,
+the sliding one cut to the window as transformers cuts it; a single 4D mask would stand in for both. A
+sliding-window model whose forward does not take masks per layer type keeps the 2D mask there.
 
 `params` lets algorithms run the model on a dict of tensors other than its own (adapted weights, with or without
 a graph back to the originals) through `torch.func.functional_call`.
@@ -19,6 +21,8 @@ a graph back to the originals) through `torch.func.functional_call`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -66,25 +70,47 @@ def collate(sequences: Sequence[TokenSequence], pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, target_mask)
 
 
-def training_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+def training_mask(attention_mask: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """The [B, 1, T, T] boolean SDPA mask of a left-padded batch (True = may attend): causal over real keys, as
     transformers builds it from the 2D mask, plus each position attending to itself, so that no query row (a pad
-    position's) is fully masked."""
+    position's) is fully masked. With `window`, a query sees only the keys less than `window` positions back, as
+    in transformers' sliding-window layers (left padding keeps distances between real tokens)."""
     width = attention_mask.shape[1]
     real_keys = attention_mask.bool()[:, None, :]
-    causal = torch.ones(width, width, dtype=torch.bool, device=attention_mask.device).tril()
-    allowed = (causal & real_keys) | torch.eye(width, dtype=torch.bool, device=attention_mask.device)
+    position = torch.arange(width, device=attention_mask.device)
+    back = position[:, None] - position[None, :]  # query minus key
+    allowed = (back >= 0) & real_keys
+    if window is not None:
+        allowed = allowed & (back < window)
+    allowed = allowed | (back == 0)
     return allowed[:, None]
+
+
+@functools.cache
+def _takes_masks_per_layer_type(module_class: type) -> bool:
+    """Whether this module's forward takes a {layer type: mask} dict as its attention mask, as transformers'
+    decoders with sliding-window layers do (read from its source; False when unreadable, which keeps the 2D mask)."""
+    try:
+        source = inspect.getsource(module_class.forward)
+    except (OSError, TypeError):
+        return False
+    return "isinstance(causal_mask_mapping := attention_mask, dict)" in source
 
 
 def _attention_kwargs(model: torch.nn.Module, batch: Batch) -> dict:
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     mask = batch.attention_mask
     config = getattr(model, "config", None)
-    window = getattr(config, "sliding_window", None)  # a 4D mask would replace transformers' sliding-window masks
     if (torch.is_grad_enabled() and getattr(config, "_attn_implementation", None) == "sdpa"
-            and not bool(mask.all()) and (window is None or mask.shape[1] <= window)):
-        mask = training_mask(mask)
+            and not bool(mask.all()) and not getattr(config, "use_bidirectional_attention", False)):
+        window = getattr(config, "sliding_window", None)
+        layer_types = set(getattr(config, "layer_types", None) or ())
+        if window is None or mask.shape[1] <= window or layer_types == {"full_attention"}:
+            mask = training_mask(mask)
+        elif "sliding_attention" in layer_types and layer_types <= {"sliding_attention", "full_attention"} and any(
+                _takes_masks_per_layer_type(type(module)) for module in model.modules()):
+            mask = {kind: training_mask(mask, window if kind == "sliding_attention" else None)
+                    for kind in layer_types}
     return dict(attention_mask=mask, position_ids=position_ids)
 
 
