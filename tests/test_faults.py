@@ -79,18 +79,19 @@ def one_error_line(capsys) -> str:
 # ---------------------------------------------------------------- divergence
 
 
-@pytest.mark.parametrize("poison", ["gradient", "loss"])
-def test_non_finite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(
-        poison, tmp_path, tiny_model_dir, data_dir, reference, monkeypatch, capsys):
-    real_task_function = train_module.task_function
+def poison_call(monkeypatch, number: int, poison: str) -> list:
+    """Make the training loop's `number`-th task-function call give a NaN gradient (poison="gradient") or an
+    infinite loss ("loss"); returns the list of the calls' episode arguments (one task each, or a meta-step's
+    tasks under batch_tasks)."""
+    real_task_function, calls = train_module.task_function, []
 
     def poisoned_task_function(*args, **kwargs):
-        step_task, calls = real_task_function(*args, **kwargs), [0]
+        step_task = real_task_function(*args, **kwargs)
 
         def step(model, params, episode, pad_id):
-            calls[0] += 1
+            calls.append(episode)
             result = step_task(model, params, episode, pad_id)
-            if calls[0] == 5:  # the first task of meta-step 3 (2 tasks per step), after the step-2 checkpoint
+            if len(calls) == number:
                 if poison == "gradient":
                     next(iter(params.values())).grad.view(-1)[0] = float("nan")
                 else:
@@ -100,6 +101,14 @@ def test_non_finite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(
         return step
 
     monkeypatch.setattr(train_module, "task_function", poisoned_task_function)
+    return calls
+
+
+@pytest.mark.parametrize("poison", ["gradient", "loss"])
+def test_non_finite_loss_or_gradient_stops_and_keeps_the_last_good_checkpoint(
+        poison, tmp_path, tiny_model_dir, data_dir, reference, monkeypatch, capsys):
+    real_task_function = train_module.task_function
+    poison_call(monkeypatch, 5, poison)  # the first task of meta-step 3 (2 tasks per step), after the step-2 checkpoint
     out = tmp_path / "run"
     assert main(train_argv(tiny_model_dir, data_dir, out)) == 2
     line = one_error_line(capsys)
@@ -120,25 +129,11 @@ def test_a_nan_gradient_under_batch_tasks_stops_before_the_update(tmp_path, tiny
     """metaicl with batch_tasks=true: one call per meta-step gets all its tasks; a NaN in meta-step 3's gradient
     stops the run there with the step-2 checkpoint intact, and a resume finishes it."""
     real_task_function = train_module.task_function
-    calls = []
-
-    def poisoned_task_function(*args, **kwargs):
-        step_task = real_task_function(*args, **kwargs)
-
-        def step(model, params, episodes, pad_id):
-            calls.append(len(episodes))
-            result = step_task(model, params, episodes, pad_id)
-            if len(calls) == 3:
-                next(iter(params.values())).grad.view(-1)[0] = float("nan")
-            return result
-        step.over_tasks = step_task.over_tasks
-        return step
-
-    monkeypatch.setattr(train_module, "task_function", poisoned_task_function)
+    calls = poison_call(monkeypatch, 3, "gradient")
     out = tmp_path / "run"
     argv = [a if a != "maml" else "metaicl" for a in train_argv(tiny_model_dir, data_dir, out, "batch_tasks=true")]
     assert main(argv) == 2
-    assert calls == [2, 2, 2]  # each call held the step's 2 tasks
+    assert [len(episodes) for episodes in calls] == [2, 2, 2]  # each call held the step's 2 tasks
     assert "non-finite gradient norm (nan)" in one_error_line(capsys)
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-00000002"] and steps_logged(out) == [1, 2]
     monkeypatch.setattr(train_module, "task_function", real_task_function)
