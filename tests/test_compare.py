@@ -194,6 +194,62 @@ def test_sweep_gives_one_row_per_value_and_a_line_plot(tmp_path, tiny_model_dir,
     assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_a_sweep_of_training_seeds_adds_their_mean_and_tests_it_and_each_seed_against_none(
+        tmp_path, tiny_model_dir, data_dir):
+    from maml_en_llm.metrics import result_cells
+
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--sweep", "seed=1,2", "--diagnostics", "zero-shot",
+                             methods="none,metaicl")) == 0
+    report = json.loads((out / "compare.json").read_text())
+    labels = [row["label"] for row in report["rows"]]
+    assert labels == ["none", "seed=1", "seed=2", "seed mean"]
+    none, one, two, mean = report["rows"]
+    assert one["recipe"]["seed"] == 1 and two["recipe"]["seed"] == 2 and mean["pooled"] == ["seed=1", "seed=2"]
+    for block in ("icl", "zero_shot", "icl_gain"):
+        cells = [result_cells(row["eval"][block]) for row in (one, two, mean)]
+        assert cells[2] == pytest.approx({c: (cells[0][c] + cells[1][c]) / 2 for c in cells[0]})
+        assert mean[block]["all"]["mean"] == pytest.approx((one[block]["all"]["mean"] + two[block]["all"]["mean"]) / 2)
+    spread = mean["seed_spread"]["icl"]
+    assert spread["means"] == [one["icl"]["all"]["mean"], two["icl"]["all"]["mean"]]
+    assert spread["sd"] == pytest.approx(abs(spread["means"][0] - spread["means"][1]) / 2 ** 0.5)
+    pairs = [(t["a"], t["b"]) for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all"]
+    assert pairs == [("seed mean", "none"), ("seed=1", "none"), ("seed=2", "none")]
+    markdown = (out / "compare.md").read_text()
+    assert "\n| mean | " in markdown and "Across the 2 training seeds: all ICL " in markdown
+    assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_pooling_needs_two_seeds_and_other_sweeps_keep_their_first_value_as_reference():
+    from maml_en_llm.compare_report import paired_tests, pooled_seed_row
+    from maml_en_llm.tasks import Split
+
+    rows = [_row("none", {"t1": [0.0, 0.0], "t2": [0.0, 0.0]}), _row("seed=1", {"t1": [1.0, 2.0], "t2": [3.0, 4.0]})]
+    for row in rows:
+        row.update(method="none" if row["label"] == "none" else "metaicl", train={"steps": 2, "tokens": 10},
+                   eval_wall_seconds=1.0)
+    assert pooled_seed_row(rows, {"all": ["t1", "t2"]}, [0, 1]) is None
+    rows.append({**_row("seed=2", {"t1": [3.0, 2.0], "t2": [1.0, 0.0]}), "method": "metaicl",
+                 "train": {"steps": 4, "tokens": 30}, "eval_wall_seconds": 2.0})
+    for row in rows:
+        row["icl"] = {"all": {"mean": sum(result_cells_of(row).values()) / 4}}
+    pooled = pooled_seed_row(rows, {"all": ["t1", "t2"]}, [0, 1])
+    assert pooled["train"] == {"steps": 3, "tokens": 20} and pooled["icl"]["all"]["mean"] == pytest.approx(52.0)
+    assert pooled["seed_spread"]["icl"]["means"] == [52.5, 51.5]
+    split = Split("s", ("a",), ("t1", "t2"), (), "s.json")
+    tests, _ = paired_tests(rows, split, sweep=True)  # without the mean row: every value against the first
+    assert [(t["a"], t["b"]) for t in tests] == [("seed=2", "seed=1")]
+    tests, _ = paired_tests(rows + [pooled], split, sweep=True)
+    assert [(t["a"], t["b"]) for t in tests] == [("seed mean", "none"), ("seed=1", "none"), ("seed=2", "none")]
+    assert tests[0]["mean_diff"] == pytest.approx(2.0)
+
+
+def result_cells_of(row):
+    from maml_en_llm.metrics import result_cells
+
+    return result_cells(row["eval"]["icl"])
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--methods", "none,bogus"], "unknown method 'bogus'"),
     (["--sweep", "nonsense=1,2", "--methods", "maml"], "--sweep nonsense: not a recipe field"),

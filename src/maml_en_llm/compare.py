@@ -28,7 +28,7 @@ from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .models import release_memory
 from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
-                             plot_curves)
+                             plot_curves, pooled_seed_row)
 from .paths import atomic_write_text, check_output, default_data_dir, json_digest
 from .provenance import provenance
 from .tasks import Split
@@ -480,6 +480,9 @@ def run_compare(args, command_line: str) -> dict:
             entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds)
                              for subset, tasks in subsets.items()} if block in entry["eval"] else None)
         rows.append(entry)
+    if plan.sweep and plan.sweep["field"] == "seed":
+        pooled = pooled_seed_row(rows, subsets, seeds)
+        rows += [pooled] if pooled else []
     tests, headline = paired_tests(rows, plan.split, bool(plan.sweep))
     from .models import pick_device
 

@@ -44,6 +44,46 @@ def difference_block(a: dict, b: dict) -> dict:
     return {"tasks": tasks}
 
 
+POOLED_LABEL = "seed mean"  # with --sweep seed: the trained rows averaged cell by cell
+
+
+def mean_block(blocks: list[dict]) -> dict:
+    """Cell by cell mean of evaluation blocks over the same tasks and seeds."""
+    tasks = {}
+    for task, entry in blocks[0]["tasks"].items():
+        per_seed = {seed: sum(b["tasks"][task]["per_seed"][seed] for b in blocks) / len(blocks)
+                    for seed in entry["per_seed"]}
+        tasks[task] = {"per_seed": per_seed, "mean": sum(per_seed.values()) / len(per_seed),
+                       "worst": min(per_seed.values())}
+    return {"tasks": tasks}
+
+
+def pooled_seed_row(rows: list[dict], subsets: dict, seeds: list[int]) -> dict | None:
+    """With `--sweep seed=...`: one more row, the trained rows' evaluations averaged cell by cell (a model's score
+    with the training seed's luck averaged out), and the spread of the rows' means across training seeds. None
+    with fewer than two trained rows."""
+    import statistics
+
+    trained = [row for row in rows if row["method"] != BASE]
+    if len(trained) < 2:
+        return None
+    blocks = [b for b in BLOCKS if all(b in row["eval"] for row in trained)]
+    entry = {"label": POOLED_LABEL, "method": trained[0]["method"], "sweep_value": "mean", "recipe": None,
+             "pooled": [row["label"] for row in trained],
+             "train": {key: round(statistics.fmean(row["train"][key] for row in trained)) for key in ("steps", "tokens")},
+             "eval_files": {}, "eval_wall_seconds": sum(row["eval_wall_seconds"] for row in trained),
+             "eval": {b: mean_block([row["eval"][b] for row in trained]) for b in blocks}, "validation": []}
+    entry["seed_spread"] = {}
+    for block in BLOCKS:
+        summaries = [(row.get(block) or {}).get("all") for row in trained]
+        entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds) for subset, tasks in subsets.items()}
+                        if block in blocks else None)
+        if block in blocks and all(summaries):
+            means = [summary["mean"] for summary in summaries]
+            entry["seed_spread"][block] = {"means": means, "sd": statistics.stdev(means)}
+    return entry
+
+
 def detectable_difference(differences: list[float], power: float = 0.8) -> float | None:
     """The smallest true mean difference a two-sided paired t-test at 0.05 detects with this power, given the
     spread of these differences: (t_0.975 + t_power) * sd / sqrt(n)."""
@@ -72,10 +112,14 @@ def _task_means(cells: dict) -> dict:
 def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
     """Paired tests over task x seed cells and over task means (the verdict). Without a sweep: MAML-en-LLM (maml,
     else fomaml, else the first trained method) against every other row, MetaICL first (the headline); with a
-    sweep: every value against the first."""
+    sweep: every value against the first, except a sweep of training seeds with a `none` row: the seed mean, then
+    each seed, against none."""
     by_label = {row["label"]: row for row in rows}
-    if sweep:
-        trained = [row["label"] for row in rows if row["method"] != BASE]
+    if sweep and POOLED_LABEL in by_label and BASE in by_label:  # training seeds: the mean, then each, against none
+        pairs = [(label, BASE) for label in [POOLED_LABEL] + by_label[POOLED_LABEL]["pooled"]]
+        headline = None
+    elif sweep:
+        trained = [row["label"] for row in rows if row["method"] != BASE and row["label"] != POOLED_LABEL]
         pairs = [(label, trained[0]) for label in trained[1:]]
         headline = None
     else:
@@ -192,6 +236,12 @@ def format_markdown(report: dict) -> str:
         lines += ["", "Paired tests (difference a - b) over task x seed cells and over task means; the verdict is "
                   "the task-level test (cells only when there is one task):", ""]
         lines += [f"- {_test_text(t)}" for t in tests]
+    pooled = next((row for row in report["rows"] if row["label"] == POOLED_LABEL), None)
+    if pooled and pooled.get("seed_spread"):
+        spread = "; ".join(f"{SUBSET_TITLES['all']} {BLOCK_TITLES[b]} " + ", ".join(f"{m:.1f}" for m in v["means"])
+                           + f" (SD {v['sd']:.2f})" for b, v in pooled["seed_spread"].items())
+        lines += ["", f"Across the {len(pooled['pooled'])} training seeds: {spread}. The `mean` row averages their "
+                  "cells. Two rows trained once each differ by about 1.4 x this SD from their training seeds alone."]
     if report["headline"]:
         lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
     return "\n".join(lines) + "\n"
