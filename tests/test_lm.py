@@ -70,6 +70,14 @@ def test_training_mask_is_causal_over_real_keys_and_leaves_no_query_row_empty():
     assert mask.any(-1).all()  # what CUDA's memory-efficient SDPA backward needs (no NaN rows)
 
 
+def losses_and_grads(model, batch):
+    """The batch's per-sequence losses and the gradient of their sum, with gradients on (the training masks)."""
+    model.zero_grad()
+    losses = sequence_losses(model, batch)
+    losses.sum().backward()
+    return losses.detach(), [p.grad.clone() for p in model.parameters()]
+
+
 def _checked_sdpa(seen):
     """transformers' SDPA attention, recording the mask it receives."""
     from transformers.modeling_utils import AttentionInterface
@@ -88,15 +96,9 @@ def test_under_gradients_sdpa_sees_no_fully_masked_row_and_nothing_else_changes(
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").to(device)
     batch = collate([([1, 2, 3, 4, 5, 6], [7, 8]), ([9], [10, 11, 12]), ([3] * 4, [4])], PAD).to(device)
 
-    def losses_and_grads():
-        model.zero_grad()
-        losses = sequence_losses(model, batch)
-        losses.sum().backward()
-        return losses.detach(), [p.grad.clone() for p in model.parameters()]
-
     seen = []
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", _checked_sdpa(seen))
-    losses, grads = losses_and_grads()
+    losses, grads = losses_and_grads(model, batch)
     assert seen and all(mask is not None and mask.any(-1).all() for mask in seen)
     with torch.no_grad():  # scoring keeps transformers' own mask from the 2D one: its pad rows are empty
         seen.clear()
@@ -105,7 +107,7 @@ def test_under_gradients_sdpa_sees_no_fully_masked_row_and_nothing_else_changes(
     assert torch.allclose(scored, losses, atol=1e-6)
 
     monkeypatch.setattr(lm, "training_mask", lambda mask: mask)  # the plain 2D mask, as before
-    plain_losses, plain_grads = losses_and_grads()
+    plain_losses, plain_grads = losses_and_grads(model, batch)
     assert torch.allclose(losses, plain_losses, atol=1e-6)
     for got, want in zip(grads, plain_grads):
         assert torch.allclose(got, want, atol=1e-6)
@@ -164,18 +166,12 @@ def test_a_model_with_sliding_layers_gets_one_mask_per_layer_type_matching_trans
     batch = collate([([1, 2, 3, 4, 5, 6], [7, 8]), ([9], [10, 11, 12]), ([3] * 4, [4])], PAD)  # width 8 > 3
     real_queries = batch.attention_mask.bool()[:, None, :, None]
 
-    def losses_and_grads():
-        model.zero_grad()
-        losses = sequence_losses(model, batch)
-        losses.sum().backward()
-        return losses.detach(), [p.grad.clone() for p in model.parameters()]
-
     seen = []
     monkeypatch.setitem(AttentionInterface._global_mapping, "sdpa", _checked_sdpa(seen))
     with torch.no_grad():  # transformers builds its own masks from the 2D one: window on layer 0, none on layer 1
         scored = sequence_losses(model, batch)
     theirs, seen[:] = list(seen), []
-    losses, grads = losses_and_grads()
+    losses, grads = losses_and_grads(model, batch)
     ours = list(seen)
     assert len(ours) == len(theirs) == 2
     assert not theirs[0].equal(theirs[1])  # the window is there (so the comparison below sees it)
@@ -187,7 +183,7 @@ def test_a_model_with_sliding_layers_gets_one_mask_per_layer_type_matching_trans
 
     monkeypatch.setattr(lm, "_takes_masks_per_layer_type", lambda module_class: False)  # keep the plain 2D mask
     seen.clear()
-    plain_losses, plain_grads = losses_and_grads()
+    plain_losses, plain_grads = losses_and_grads(model, batch)
     assert not all(mask.any(-1).all() for mask in seen)  # that path does leave empty rows
     assert torch.allclose(losses, plain_losses, atol=1e-6)
     for got, want in zip(grads, plain_grads):
