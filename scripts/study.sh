@@ -107,16 +107,26 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/full-ft-3e-4" lora_rank=0 lr=3e-4 ;;
-  # Section 4: full fine-tuning at 1e-4 again with a second training seed (episode order), and with random labels
-  # at three times the budget
-  full-ft-seed13)
-    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
-      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
-      --out "$OUT/full-ft-seed13" lora_rank=0 lr=1e-4 seed=13 ;;
+  # Section 4: random labels under full fine-tuning at three times the budget
   full-ft-random-300k)
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot --budget tokens=300000 "${EVAL[@]}" \
       --out "$OUT/full-ft-random-300k" lora_rank=0 lr=1e-4 train_labels=random ;;
+  # Section 4b: training seeds. MetaICL trained with seeds 100 (the default: the runs above), 13 and 21, each against
+  # the untrained model, with their cell-by-cell mean: full fine-tuning at 1e-4, gold and random labels, and
+  # section 1's LoRA recipe
+  full-ft-seeds)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/full-ft-seeds" --sweep seed=100,13,21 lora_rank=0 lr=1e-4 ;;
+  full-ft-random-seeds)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/full-ft-random-seeds" --sweep seed=100,13 lora_rank=0 lr=1e-4 train_labels=random ;;
+  lora-seeds)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/lora-seeds" --sweep seed=100,13 ;;
   # Section 1e: second-order MAML-en-LLM with the inner steps' Adam epsilon raised to 1e-4 (training.md, the
   # first meta-step under LoRA); the outer AdamW keeps 1e-8
   inner-eps)
@@ -146,5 +156,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-seed13|full-ft-random-300k|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac

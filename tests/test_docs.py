@@ -60,3 +60,16 @@ def test_documented_flags_exist(doc):
                  for flag in action.option_strings}
         used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", command))
         assert used <= known, f"{doc}: `maml-en-llm {command[:60]}...` uses unknown flags {sorted(used - known)}"
+
+
+def test_every_study_command_the_docs_name_exists_and_every_one_is_documented():
+    cases = set(re.findall(r"^  ([a-z0-9-]+)\)$", (ROOT / "scripts" / "study.sh").read_text(), re.M))
+    named = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name in re.findall(r"scripts/study\.sh ([a-z0-9][a-z0-9-]*)", doc.read_text()):
+            named.setdefault(name, doc.name)
+    assert cases, "no case found in scripts/study.sh"
+    missing = {name: doc for name, doc in named.items() if name not in cases}
+    assert not missing, f"docs name study.sh commands that do not exist: {missing}"
+    undocumented = sorted(cases - set(named))
+    assert not undocumented, f"study.sh commands that no doc shows: {undocumented}"
