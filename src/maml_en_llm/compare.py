@@ -27,7 +27,7 @@ from .config import METHODS, TrainConfig, make_config, parse_overrides
 from .errors import UserError
 from .evaluate import check_eval_settings, evaluate_model, load_eval_data
 from .models import release_memory
-from .compare_report import (BASE, BLOCKS, block_summary, difference_block, format_markdown, paired_tests, plot,
+from .compare_report import (BASE, add_block_summaries, difference_block, format_markdown, paired_tests, plot,
                              plot_curves, pooled_seed_row)
 from .paths import atomic_write_text, check_output, default_data_dir, json_digest
 from .provenance import provenance
@@ -476,9 +476,7 @@ def run_compare(args, command_line: str) -> dict:
                                       "applied": diagnostic.get("demo_labels_applied")}
         if "zero_shot" in entry["eval"]:
             entry["eval"]["icl_gain"] = difference_block(entry["eval"]["icl"], entry["eval"]["zero_shot"])
-        for block in BLOCKS:
-            entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds)
-                             for subset, tasks in subsets.items()} if block in entry["eval"] else None)
+        add_block_summaries(entry, subsets, seeds)
         rows.append(entry)
     if plan.sweep and plan.sweep["field"] == "seed":
         pooled = pooled_seed_row(rows, subsets, seeds)

@@ -34,14 +34,26 @@ def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | Non
             "per_seed_average": per_seed, "ci95": [low, high], "n_cells": len(cells), "n_tasks": len(tasks)}
 
 
-def difference_block(a: dict, b: dict) -> dict:
-    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot)."""
+def add_block_summaries(entry: dict, subsets: dict, seeds: list[int]) -> None:
+    """entry[block] = {subset: block_summary} for each block in entry["eval"], None for the other blocks."""
+    for block in BLOCKS:
+        entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds) for subset, tasks in subsets.items()}
+                        if block in entry["eval"] else None)
+
+
+def _cellwise(blocks: list[dict], combine) -> dict:
+    """An evaluation block whose every (task, seed) cell is `combine` of the blocks' cells."""
     tasks = {}
-    for task, entry in a["tasks"].items():
-        per_seed = {seed: value - b["tasks"][task]["per_seed"][seed] for seed, value in entry["per_seed"].items()}
+    for task, entry in blocks[0]["tasks"].items():
+        per_seed = {seed: combine(*(b["tasks"][task]["per_seed"][seed] for b in blocks)) for seed in entry["per_seed"]}
         tasks[task] = {"per_seed": per_seed, "mean": sum(per_seed.values()) / len(per_seed),
                        "worst": min(per_seed.values())}
     return {"tasks": tasks}
+
+
+def difference_block(a: dict, b: dict) -> dict:
+    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot)."""
+    return _cellwise([a, b], lambda x, y: x - y)
 
 
 POOLED_LABEL = "seed mean"  # with --sweep seed: the trained rows averaged cell by cell
@@ -49,13 +61,7 @@ POOLED_LABEL = "seed mean"  # with --sweep seed: the trained rows averaged cell 
 
 def mean_block(blocks: list[dict]) -> dict:
     """Cell by cell mean of evaluation blocks over the same tasks and seeds."""
-    tasks = {}
-    for task, entry in blocks[0]["tasks"].items():
-        per_seed = {seed: sum(b["tasks"][task]["per_seed"][seed] for b in blocks) / len(blocks)
-                    for seed in entry["per_seed"]}
-        tasks[task] = {"per_seed": per_seed, "mean": sum(per_seed.values()) / len(per_seed),
-                       "worst": min(per_seed.values())}
-    return {"tasks": tasks}
+    return _cellwise(blocks, lambda *values: sum(values) / len(values))
 
 
 def pooled_seed_row(rows: list[dict], subsets: dict, seeds: list[int]) -> dict | None:
@@ -73,13 +79,11 @@ def pooled_seed_row(rows: list[dict], subsets: dict, seeds: list[int]) -> dict |
              "train": {key: round(statistics.fmean(row["train"][key] for row in trained)) for key in ("steps", "tokens")},
              "eval_files": {}, "eval_wall_seconds": sum(row["eval_wall_seconds"] for row in trained),
              "eval": {b: mean_block([row["eval"][b] for row in trained]) for b in blocks}, "validation": []}
+    add_block_summaries(entry, subsets, seeds)
     entry["seed_spread"] = {}
-    for block in BLOCKS:
-        summaries = [(row.get(block) or {}).get("all") for row in trained]
-        entry[block] = ({subset: block_summary(entry["eval"][block], tasks, seeds) for subset, tasks in subsets.items()}
-                        if block in blocks else None)
-        if block in blocks and all(summaries):
-            means = [summary["mean"] for summary in summaries]
+    for block in blocks:
+        if all(row[block]["all"] for row in trained):
+            means = [row[block]["all"]["mean"] for row in trained]
             entry["seed_spread"][block] = {"means": means, "sd": statistics.stdev(means)}
     return entry
 
