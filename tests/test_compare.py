@@ -220,20 +220,79 @@ def test_a_sweep_of_training_seeds_adds_their_mean_and_tests_it_and_each_seed_ag
     assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+def test_train_seeds_give_each_method_a_seed_mean_row_tested_across_training_seeds(
+        tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    import matplotlib.axes
+    from scipy import stats
+
+    from maml_en_llm.metrics import result_cells
+
+    dots = []
+    real_scatter = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda self, x, y, **kw: dots.append(list(y)) or real_scatter(self, x, y, **kw))
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--train-seeds", "1,2", "--diagnostics", "zero-shot")) == 0
+    report = json.loads((out / "compare.json").read_text())
+    assert report["train_seeds"] == [1, 2] and report["sweep"] is None
+    by_label = {row["label"]: row for row in report["rows"]}
+    assert list(by_label) == ["none", "metaicl", "maml", "metaicl seed=1", "metaicl seed=2", "maml seed=1",
+                              "maml seed=2"]
+    for method in ("metaicl", "maml"):
+        mean, one, two = by_label[method], by_label[f"{method} seed=1"], by_label[f"{method} seed=2"]
+        assert (one["recipe"]["seed"], two["recipe"]["seed"], one["seed_of"]) == (1, 2, method)
+        assert mean["pooled"] == [one["label"], two["label"]] and mean["method"] == method
+        for block in ("icl", "zero_shot", "icl_gain"):
+            cells = [result_cells(row["eval"][block]) for row in (one, two, mean)]
+            assert cells[2] == pytest.approx({c: (cells[0][c] + cells[1][c]) / 2 for c in cells[0]})
+            assert mean["seed_means"][block]["all"] == [one[block]["all"]["mean"], two[block]["all"]["mean"]]
+    # only the method rows are tested, maml first against metaicl (the headline), and across training seeds too
+    pairs = [(t["a"], t["b"]) for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all"]
+    assert pairs == [("maml", "metaicl"), ("maml", "none")]
+    headline, against_none = (t for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all")
+    assert report["headline"] == headline
+    maml, metaicl = by_label["maml"]["seed_means"]["icl"]["all"], by_label["metaicl"]["seed_means"]["icl"]["all"]
+    seed_level = headline["by_training_seed"]
+    assert seed_level["mean_diff"] == pytest.approx(sum(maml) / 2 - sum(metaicl) / 2)
+    assert seed_level["p_value"] == pytest.approx(stats.ttest_ind(maml, metaicl, equal_var=False).pvalue, nan_ok=True)
+    none_mean = by_label["none"]["icl"]["all"]["mean"]
+    assert against_none["by_training_seed"]["n_b"] is None
+    assert against_none["by_training_seed"]["p_value"] == pytest.approx(
+        stats.ttest_1samp(maml, none_mean).pvalue, nan_ok=True)
+    assert headline["verdict_level"] == "tasks and training seeds"
+    markdown = (out / "compare.md").read_text()
+    assert "\n| maml (mean of 2 seeds) | " in markdown and "\n| metaicl seed=2 | " in markdown
+    assert "Across the 2 training seeds of maml: all ICL " in markdown and "over 2 training seeds against 2 training" \
+        in markdown
+    for method in ("metaicl", "maml"):  # each seed is a dot on its method's bars (all, unseen domain)
+        seed_means = by_label[method]["seed_means"]["icl"]
+        assert seed_means["all"] + seed_means.get("unseen_domain", []) in dots
+    # the runs are the ones a compare with seed=N names: one cache serves both
+    names = planned_run_names(tiny_model_dir, data_dir, tmp_path / "plan", "--train-seeds", "1,2")
+    assert planned_run_names(tiny_model_dir, data_dir, tmp_path / "plan", "seed=2")[1:] == names[2::2]
+
+
+def planned_run_names(model_dir, data_dir, out, *extra, methods="none,metaicl,maml"):
+    from maml_en_llm.cli import build_parser
+
+    args = build_parser().parse_args(compare_args(model_dir, data_dir, out, *extra, methods=methods))
+    return [row.run_name for row in compare_module.plan_compare(args, "compare").rows]
+
+
 def test_pooling_needs_two_seeds_and_other_sweeps_keep_their_first_value_as_reference():
-    from maml_en_llm.compare_report import paired_tests, pooled_seed_row
+    from maml_en_llm.compare_report import POOLED_LABEL, paired_tests, pooled_row
     from maml_en_llm.tasks import Split
 
     rows = [_row("none", {"t1": [0.0, 0.0], "t2": [0.0, 0.0]}), _row("seed=1", {"t1": [1.0, 2.0], "t2": [3.0, 4.0]})]
     for row in rows:
         row.update(method="none" if row["label"] == "none" else "metaicl", train={"steps": 2, "tokens": 10},
                    eval_wall_seconds=1.0)
-    assert pooled_seed_row(rows, {"all": ["t1", "t2"]}, [0, 1]) is None
+    assert pooled_row(rows[1:], POOLED_LABEL, {"all": ["t1", "t2"]}, [0, 1]) is None
     rows.append({**_row("seed=2", {"t1": [3.0, 2.0], "t2": [1.0, 0.0]}), "method": "metaicl",
                  "train": {"steps": 4, "tokens": 30}, "eval_wall_seconds": 2.0})
     for row in rows:
         row["icl"] = {"all": {"mean": sum(result_cells_of(row).values()) / 4}}
-    pooled = pooled_seed_row(rows, {"all": ["t1", "t2"]}, [0, 1])
+    pooled = pooled_row(rows[1:], POOLED_LABEL, {"all": ["t1", "t2"]}, [0, 1])
     assert pooled["train"] == {"steps": 3, "tokens": 20} and pooled["icl"]["all"]["mean"] == pytest.approx(52.0)
     assert pooled["seed_spread"]["icl"]["means"] == [52.5, 51.5]
     split = Split("s", ("a",), ("t1", "t2"), (), "s.json")
@@ -242,6 +301,8 @@ def test_pooling_needs_two_seeds_and_other_sweeps_keep_their_first_value_as_refe
     tests, _ = paired_tests(rows + [pooled], split, sweep=True)
     assert [(t["a"], t["b"]) for t in tests] == [("seed mean", "none"), ("seed=1", "none"), ("seed=2", "none")]
     assert tests[0]["mean_diff"] == pytest.approx(2.0)
+    assert tests[0]["by_training_seed"]["mean_diff"] == pytest.approx(2.0) and "by_training_seed" not in tests[1]
+    assert tests[0]["verdict_level"] == "tasks and training seeds" and tests[1]["verdict_level"] == "tasks"
 
 
 def result_cells_of(row):
@@ -256,6 +317,12 @@ def result_cells_of(row):
     (["--sweep", "inner_optimizer=sgd,rmsprop", "--methods", "maml"], "inner_optimizer"),
     (["--sweep", "inner_steps=1,2", "--methods", "metaicl,maml"], "exactly one trained method"),
     (["--methods", "maml", "k=4"], "use --k"),
+    (["--train-seeds", "1,2", "--sweep", "seed=1,2", "--methods", "maml"], "--train-seeds and --sweep both given"),
+    (["--train-seeds", "1", "--methods", "maml"], "give at least two seeds"),
+    (["--train-seeds", "1,1", "--methods", "maml"], "repeats a seed"),
+    (["--train-seeds", "1,x", "--methods", "maml"], "expected integers"),
+    (["--train-seeds", "1,2", "--methods", "none"], "needs a trained method"),
+    (["--train-seeds", "1,2", "--methods", "maml", "seed=3"], "conflicts with --train-seeds"),
     (["--methods", "maml", "--data-dir", "/nonexistent/data"], "data folder not found"),
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys, extra, needle):
@@ -398,6 +465,30 @@ def test_verdict_is_the_task_level_test_when_cells_alone_would_call_it_significa
     assert paired_tests(rows, split, sweep=False)[1]["significant_at_0.05"] is True
 
 
+def test_with_training_seeds_the_verdict_needs_the_seed_level_test_too():
+    from maml_en_llm.compare_report import _test_text, paired_tests
+    from maml_en_llm.tasks import Split
+
+    gains = {"t1": [3.0, 3.1, 2.9], "t2": [2.9, 3.0, 3.1], "t3": [2.0, 2.1, 1.9]}  # every task gains: task level holds
+    split = Split("s", ("a",), tuple(gains), (), "s.json")
+
+    def verdict(maml_seeds, metaicl_seeds):
+        rows = [_row("metaicl", {t: [0.0] * 3 for t in gains}), _row("maml", gains)]
+        for row, means in zip(rows, (metaicl_seeds, maml_seeds)):
+            row["seed_means"] = {"icl": {"all": means}}
+        headline = paired_tests(rows, split, sweep=False)[1]
+        assert headline["by_task"]["p_value_t"] < 0.05 and headline["verdict_level"] == "tasks and training seeds"
+        return headline
+
+    steady = verdict([52.6, 52.7, 52.8], [50.0, 49.9, 50.1])
+    assert steady["significant_at_0.05"] is True and steady["by_training_seed"]["p_value"] < 0.05
+    assert _test_text(steady).endswith("significant at 0.05 (task level and training seeds)")
+    assert "over 3 training seeds against 3 training seeds: 95% CI" in _test_text(steady)
+    shaky = verdict([58.0, 47.0, 53.1], [50.0, 49.9, 50.1])  # the same mean, but another seed could undo it
+    assert shaky["by_training_seed"]["p_value"] > 0.05 and shaky["significant_at_0.05"] is False
+    assert _test_text(shaky).endswith("not significant at 0.05 (task level and training seeds)")
+
+
 def test_probe_written_before_the_token_rate_keeps_its_run_steps(tmp_path):
     """A compare resumed from an older version finds probe.json without seconds_per_token: floor(S / median),
     the steps that run was started with."""
@@ -436,13 +527,10 @@ def test_a_field_added_later_enters_run_names_only_when_set(tmp_path, tiny_model
     """inner_adam_eps and batch_tasks came after compare folders held cached runs: left at their defaults, a row
     keeps the name it had before the fields existed (so those runs are reused); set, they name a new run, but only
     for a method that reads them (inner_adam_eps: maml; batch_tasks: metaicl)."""
-    from maml_en_llm.cli import build_parser
     from maml_en_llm.config import TrainConfig
 
     def run_names(*extra):
-        args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", *extra,
-                                                      methods="metaicl,maml"))
-        return [row.run_name for row in compare_module.plan_compare(args, "compare").rows]
+        return planned_run_names(tiny_model_dir, data_dir, tmp_path / "out", *extra, methods="metaicl,maml")
 
     unset, explicit_null, raised = run_names(), run_names("inner_adam_eps=null"), run_names("inner_adam_eps=1e-4")
     explicit_false, batched = run_names("batch_tasks=false"), run_names("batch_tasks=true")

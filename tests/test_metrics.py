@@ -92,3 +92,25 @@ def test_labels_are_compared_after_stripping_whitespace_like_metaicl():
     assert accuracy(["yes ", "\tno"], ["yes", "no"]) == 100.0
     # " yes" and "yes" are one class: all correct, one F1 of 1 per class
     assert macro_f1([" yes", "no", "yes"], ["yes", "no ", "yes"]) == 100.0
+
+
+def test_seed_test_is_welch_across_training_seeds_and_one_sample_against_an_untrained_model():
+    from maml_en_llm.metrics import seed_test
+
+    a, b = [46.2, 43.5, 44.9], [45.7, 45.1]
+    result = seed_test(a, b)
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    assert result["mean_diff"] == pytest.approx(sum(a) / 3 - sum(b) / 2) and result["n_a"] == 3 and result["n_b"] == 2
+    assert result["p_value"] == pytest.approx(welch.pvalue) and result["df"] == pytest.approx(welch.df)
+    low, high = welch.confidence_interval(0.95)
+    assert result["ci95"] == pytest.approx([low, high])
+    se = abs(result["mean_diff"] / welch.statistic)
+    assert result["mde"] == pytest.approx((stats.t.ppf(0.975, welch.df) + stats.t.ppf(0.8, welch.df)) * se)
+    against = seed_test(a, 44.0)  # the untrained model: one number, no training seed
+    one_sample = stats.ttest_1samp(a, 44.0)
+    assert against["n_b"] is None and against["p_value"] == pytest.approx(one_sample.pvalue)
+    assert against["ci95"] == pytest.approx([bound - 44.0 for bound in one_sample.confidence_interval(0.95)])
+    # too few seeds to see a spread: the difference, but no test
+    for short in (seed_test([46.0], b), seed_test(a, [45.0])):
+        assert math.isnan(short["p_value"]) and short["mde"] is None
+    assert seed_test([45.0, 45.0], [44.0, 44.0])["p_value"] == 0.0

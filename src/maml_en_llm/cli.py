@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "method's steps = S / its timed seconds per meta-step")
     _add_eval_args(cmp_, k_default=None)
     cmp_.add_argument("--sweep", default=None, help="FIELD=v1,v2,... : ablate one recipe field for one method")
+    cmp_.add_argument("--train-seeds", default=None, metavar="S1,S2,...",
+                      help="train every method once per seed; each method's row is the mean over its seeds, and "
+                           "the tests count the seeds as a source of noise (docs/compare.md)")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")
     cmp_.add_argument("--allow-train-test-overlap", action="store_true",

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from .metrics import mean_ci95, paired_test, result_cells
+from .metrics import mean_ci95, paired_test, result_cells, seed_test
 from .tasks import Split
 
 BASE = "none"  # the base model, evaluated without training
@@ -64,27 +64,27 @@ def mean_block(blocks: list[dict]) -> dict:
     return _cellwise(blocks, lambda *values: sum(values) / len(values))
 
 
-def pooled_seed_row(rows: list[dict], subsets: dict, seeds: list[int]) -> dict | None:
-    """With `--sweep seed=...`: one more row, the trained rows' evaluations averaged cell by cell (a model's score
-    with the training seed's luck averaged out), and the spread of the rows' means across training seeds. None
-    with fewer than two trained rows."""
+def pooled_row(members: list[dict], label: str, subsets: dict, seeds: list[int]) -> dict | None:
+    """One row standing for a recipe trained with several training seeds (`members`, one trained row per seed):
+    their evaluations averaged cell by cell (a model's score with the training seed's luck averaged out), each
+    member's mean per block and subset (`seed_means`, for the tests across training seeds), and the spread of
+    those means over all test tasks (`seed_spread`). None with fewer than two members."""
     import statistics
 
-    trained = [row for row in rows if row["method"] != BASE]
-    if len(trained) < 2:
+    if len(members) < 2:
         return None
-    blocks = [b for b in BLOCKS if all(b in row["eval"] for row in trained)]
-    entry = {"label": POOLED_LABEL, "method": trained[0]["method"], "sweep_value": "mean", "recipe": None,
-             "pooled": [row["label"] for row in trained],
-             "train": {key: round(statistics.fmean(row["train"][key] for row in trained)) for key in ("steps", "tokens")},
-             "eval_files": {}, "eval_wall_seconds": sum(row["eval_wall_seconds"] for row in trained),
-             "eval": {b: mean_block([row["eval"][b] for row in trained]) for b in blocks}, "validation": []}
+    blocks = [b for b in BLOCKS if all(b in row["eval"] for row in members)]
+    entry = {"label": label, "method": members[0]["method"], "sweep_value": "mean", "recipe": None,
+             "pooled": [row["label"] for row in members],
+             "train": {key: round(statistics.fmean(row["train"][key] for row in members)) for key in ("steps", "tokens")},
+             "eval_files": {}, "eval_wall_seconds": sum(row["eval_wall_seconds"] for row in members),
+             "eval": {b: mean_block([row["eval"][b] for row in members]) for b in blocks}, "validation": []}
     add_block_summaries(entry, subsets, seeds)
-    entry["seed_spread"] = {}
-    for block in blocks:
-        if all(row[block]["all"] for row in trained):
-            means = [row[block]["all"]["mean"] for row in trained]
-            entry["seed_spread"][block] = {"means": means, "sd": statistics.stdev(means)}
+    entry["seed_means"] = {block: {subset: [row[block][subset]["mean"] for row in members]
+                                   for subset in subsets if all(row[block][subset] for row in members)}
+                           for block in blocks}
+    entry["seed_spread"] = {block: {"means": means["all"], "sd": statistics.stdev(means["all"])}
+                            for block, means in entry["seed_means"].items() if "all" in means}
     return entry
 
 
@@ -113,26 +113,45 @@ def _task_means(cells: dict) -> dict:
     return {task: sum(values) / len(values) for task, values in sums.items()}
 
 
-def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
-    """Paired tests over task x seed cells and over task means (the verdict). Without a sweep: MAML-en-LLM (maml,
-    else fomaml, else the first trained method) against every other row, MetaICL first (the headline); with a
-    sweep: every value against the first, except a sweep of training seeds with a `none` row: the seed mean, then
-    each seed, against none."""
+def _pairs(rows: list[dict], sweep: bool) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
+    """Which rows the paired tests compare, and the headline pair. Without a sweep: MAML-en-LLM (maml, else fomaml,
+    else the first trained method) against every other row, MetaICL first (the headline); with --train-seeds these
+    are the methods' seed-mean rows, and the single-seed rows are not tested. With a sweep: every value against the
+    first, except a sweep of training seeds with a `none` row: the seed mean, then each seed, against none."""
     by_label = {row["label"]: row for row in rows}
-    if sweep and POOLED_LABEL in by_label and BASE in by_label:  # training seeds: the mean, then each, against none
-        pairs = [(label, BASE) for label in [POOLED_LABEL] + by_label[POOLED_LABEL]["pooled"]]
-        headline = None
-    elif sweep:
+    if sweep and POOLED_LABEL in by_label and BASE in by_label:
+        return [(label, BASE) for label in [POOLED_LABEL] + by_label[POOLED_LABEL]["pooled"]], None
+    if sweep:
         trained = [row["label"] for row in rows if row["method"] != BASE and row["label"] != POOLED_LABEL]
-        pairs = [(label, trained[0]) for label in trained[1:]]
-        headline = None
+        return [(label, trained[0]) for label in trained[1:]], None
+    labels = [row["label"] for row in rows if not row.get("seed_of")]
+    reference = next((m for m in ("maml", "fomaml") if m in labels), next((m for m in labels if m != BASE), None))
+    others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
+    headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in labels else None
+    return ([(reference, other) for other in others] if reference else []), headline
+
+
+def _seed_level(row_a: dict, row_b: dict, block: str, subset: str) -> dict | None:
+    """The test across training seeds of two rows when both can give one (`seed_test`): a pooled row against
+    another pooled row or against the untrained base model. None otherwise (a row trained once has no spread)."""
+    means_a = (row_a.get("seed_means") or {}).get(block, {}).get(subset)
+    if not means_a:
+        return None
+    if row_b["method"] == BASE:
+        other = row_b[block][subset]["mean"]
     else:
-        labels = list(by_label)
-        reference = next((m for m in ("maml", "fomaml") if m in by_label),
-                         next((m for m in labels if m != BASE), None))
-        others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
-        pairs = [(reference, other) for other in others] if reference else []
-        headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in by_label else None
+        other = (row_b.get("seed_means") or {}).get(block, {}).get(subset)
+        if not other:
+            return None
+    return seed_test(means_a, other)
+
+
+def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict], dict | None]:
+    """Paired tests over task x seed cells and over task means, for the pairs `_pairs` picks. When both rows have
+    several training seeds (or one is the base model), also the test across training seeds; the verdict then needs
+    both the task-level and the seed-level test significant."""
+    by_label = {row["label"]: row for row in rows}
+    pairs, headline = _pairs(rows, sweep)
     tasks = {"all": list(split.test), "unseen_domain": list(split.unseen_domain_test)}
     tests, headline_test = [], None
     for a, b in pairs:
@@ -156,8 +175,16 @@ def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict
                 # the verdict is the task-level test; the cells (seeds) decide only when there is a single task
                 level = "tasks" if by_task["n"] >= 2 else "cells"
                 p = by_task["p_value_t"] if level == "tasks" else result["p_value_t"]
+                significant = bool(p < 0.05) if math.isfinite(p) else None
+                by_seed = _seed_level(by_label[a], by_label[b], block, subset)
+                if by_seed is not None:  # a different training seed must not undo it either
+                    result["by_training_seed"] = by_seed
+                    level += " and training seeds"
+                    seed_p = by_seed["p_value"]
+                    significant = None if significant is None or not math.isfinite(seed_p) else (
+                        significant and seed_p < 0.05)
                 test = {"a": a, "b": b, "block": block, "subset": subset, **result, "verdict_level": level,
-                        "significant_at_0.05": bool(p < 0.05) if math.isfinite(p) else None}
+                        "significant_at_0.05": significant}
                 tests.append(test)
                 if (a, b) == headline and block == "icl" and subset == "all":
                     headline_test = test
@@ -179,8 +206,9 @@ def _ci_text(summary: dict | None) -> str:
 
 
 def _test_text(test: dict) -> str:
-    """One line: the cell-level difference, CI and tests, then the task-level test, then the verdict (task level
-    when there are two or more tasks)."""
+    """One line: the cell-level difference, CI and tests, then the task-level test, the test across training seeds
+    when there is one, then the verdict (task level when there are two or more tasks, and training seeds too when
+    tested)."""
     fmt = lambda p: "n/a" if p is None or not math.isfinite(p) else f"{p:.3g}"  # noqa: E731
     ci = lambda low, high: (  # noqa: E731
         "n/a" if low is None or not math.isfinite(low) else f"[{low:+.2f}, {high:+.2f}]")
@@ -192,11 +220,23 @@ def _test_text(test: dict) -> str:
     if by_task.get("n", 0) >= 2:
         text += (f"; over {by_task['n']} task means: 95% CI {ci(*by_task['ci95'])}, "
                  f"p={fmt(by_task['p_value_t'])}{mde(by_task.get('mde_80'))}")
-    level = "task level" if test.get("verdict_level", "cells") == "tasks" else "cell level"
+    by_seed = test.get("by_training_seed")
+    if by_seed:
+        against = f"{by_seed['n_b']} training seeds" if by_seed["n_b"] else "the untrained model"
+        text += (f"; over {by_seed['n_a']} training seeds against {against}: 95% CI {ci(*by_seed['ci95'])}, "
+                 f"p={fmt(by_seed['p_value'])}{mde(by_seed.get('mde'))}")
+    level = test.get("verdict_level", "cells").replace("tasks", "task level").replace("cells", "cell level")
     verdict = ("not testable (fewer than 2 cells)" if test["significant_at_0.05"] is None else
                f"significant at 0.05 ({level})" if test["significant_at_0.05"] else
                f"not significant at 0.05 ({level})")
     return f"{text}: {verdict}"
+
+
+def _row_name(report: dict, row: dict) -> str:
+    """A row's first cell: the swept value with --sweep, else its label; a seed-mean row says over how many."""
+    if report["sweep"] and row["method"] != BASE:
+        return row["sweep_value"]
+    return f"{row['label']} (mean of {len(row['pooled'])} seeds)" if row.get("pooled") else row["label"]
 
 
 def format_markdown(report: dict) -> str:
@@ -224,7 +264,7 @@ def format_markdown(report: dict) -> str:
              "|" + "---|" * (4 + len(columns))]
     for row in report["rows"]:
         train = row.get("train") or {}
-        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        name = _row_name(report, row)
         seconds = train.get("wall_seconds") or train.get("step_seconds")
         lines.append("| " + " | ".join([name, str(train.get("steps", 0)), str(train.get("tokens", 0)),
                                         f"{seconds:.0f}" if seconds else "-"]
@@ -233,19 +273,20 @@ def format_markdown(report: dict) -> str:
               "| " + " | ".join([first] + [f"{SUBSET_TITLES[sub]} {BLOCK_TITLES[b]}" for b, sub in columns]) + " |",
               "|" + "---|" * (1 + len(columns))]
     for row in report["rows"]:
-        name = row["label"] if not report["sweep"] or row["method"] == BASE else row["sweep_value"]
+        name = _row_name(report, row)
         lines.append("| " + " | ".join([name] + [_ci_text((row.get(b) or {}).get(sub)) for b, sub in columns]) + " |")
     tests = [t for t in report["paired_tests"] if t["subset"] == "all" or t["n"] >= 2]
     if tests:
         lines += ["", "Paired tests (difference a - b) over task x seed cells and over task means; the verdict is "
                   "the task-level test (cells only when there is one task):", ""]
         lines += [f"- {_test_text(t)}" for t in tests]
-    pooled = next((row for row in report["rows"] if row["label"] == POOLED_LABEL), None)
-    if pooled and pooled.get("seed_spread"):
+    for pooled in (row for row in report["rows"] if row.get("seed_spread")):
         spread = "; ".join(f"{SUBSET_TITLES['all']} {BLOCK_TITLES[b]} " + ", ".join(f"{m:.1f}" for m in v["means"])
                            + f" (SD {v['sd']:.2f})" for b, v in pooled["seed_spread"].items())
-        lines += ["", f"Across the {len(pooled['pooled'])} training seeds: {spread}. The `mean` row averages their "
-                  "cells. Two rows trained once each differ by about 1.4 x this SD from their training seeds alone."]
+        of, name = ("", "mean") if report["sweep"] else (f" of {pooled['label']}", _row_name(report, pooled))
+        lines += ["", f"Across the {len(pooled['pooled'])} training seeds{of}: {spread}. The `{name}` row averages "
+                  "their cells. Two rows trained once each differ by about 1.4 x this SD from their training seeds "
+                  "alone."]
     if report["headline"]:
         lines += ["", f"**MAML-en-LLM vs MetaICL:** {_test_text(report['headline'])}"]
     return "\n".join(lines) + "\n"
@@ -291,9 +332,11 @@ def plot(report: dict, path: Path) -> None:
                                label=f"base model ({SUBSET_TITLES[subset]})")
             ax.set_xticks(xs, [row["sweep_value"] for row in swept])
             ax.set_xlabel(f"{report['sweep']['field']} ({swept[0]['method']})")
-        else:
-            width = 0.8 / max(len(rows), 1)
-            for i, row in enumerate(rows):
+        else:  # one bar per method; with --train-seeds a method's bar is its seed mean, each seed a dot on it
+            shown = [row for row in rows if not row.get("seed_of")]
+            width = 0.8 / max(len(shown), 1)
+            first_pooled = next((row for row in shown if row.get("seed_means")), None)
+            for i, row in enumerate(shown):
                 means, errors, xs = [], [[], []], []
                 for j, subset in enumerate(SUBSETS):
                     summary = (row.get(block) or {}).get(subset)
@@ -304,7 +347,13 @@ def plot(report: dict, path: Path) -> None:
                     means.append(summary["mean"])
                     errors[0].append(summary["mean"] - low if low is not None else 0.0)
                     errors[1].append(high - summary["mean"] if high is not None else 0.0)
-                ax.bar(xs, means, width, yerr=errors, capsize=3, label=row["label"])
+                ax.bar(xs, means, width, yerr=errors, capsize=3, label=_row_name(report, row))
+                seed_means = (row.get("seed_means") or {}).get(block, {})
+                dots = [(x, m) for x, subset in zip(xs, [s for s in SUBSETS if (row.get(block) or {}).get(s)])
+                        for m in seed_means.get(subset, [])]
+                if dots:
+                    ax.scatter(*zip(*dots), s=12, color="black", zorder=3,
+                               label="one training seed" if row is first_pooled else None)
             ax.set_xticks(range(len(SUBSETS)), [SUBSET_TITLES[s] for s in SUBSETS])
         ax.set_title(f"{BLOCK_TITLES[block]} (k={report['eval']['k']}), 95% CI over task x seed cells")
         ax.set_ylabel("Macro-F1 / accuracy (%)" if block != "icl_gain" else "points (ICL - 0-shot)")

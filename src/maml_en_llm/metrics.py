@@ -119,6 +119,36 @@ def paired_test(a: Mapping[Hashable, float] | Sequence[float], b: Mapping[Hashab
     return {"mean_diff": mean, "ci95": [low, high], "p_value_t": p_t, "p_value_wilcoxon": p_w, "n": n}
 
 
+def seed_test(a: Sequence[float], b: Sequence[float] | float, power: float = 0.8) -> dict:
+    """Do two recipes differ once their training seeds are counted as a source of noise? `a` holds one score per
+    training seed (a row's mean over its test cells); `b` the same for the other recipe, or one number for a model
+    that is not trained (the base model: no training seed). Two-sided Welch t-test (one-sample t-test against a
+    number), the 95% CI of mean(a) - mean(b), and the smallest true difference the same design detects at 0.05 with
+    this power, (t_0.975 + t_power) x the difference's standard error, at the estimated spread."""
+    xa = np.asarray(a, dtype=float)
+    constant = not isinstance(b, (list, tuple, np.ndarray))
+    xb = np.asarray([b] if constant else b, dtype=float)
+    diff = float(xa.mean() - xb.mean())
+    result = {"mean_diff": diff, "n_a": int(xa.size), "n_b": None if constant else int(xb.size),
+              "ci95": [math.nan, math.nan], "p_value": math.nan, "mde": None}
+    if xa.size < 2 or (not constant and xb.size < 2):
+        return result
+    var_a = xa.var(ddof=1) / xa.size
+    var_b = 0.0 if constant else xb.var(ddof=1) / xb.size
+    se = math.sqrt(var_a + var_b)
+    if constant:
+        df = xa.size - 1.0
+    else:  # Welch-Satterthwaite
+        df = (var_a + var_b) ** 2 / (var_a ** 2 / (xa.size - 1) + var_b ** 2 / (xb.size - 1)) if se > 0 else 1.0
+    t975 = float(stats.t.ppf(0.975, df))
+    if se == 0:
+        result.update(ci95=[diff, diff], p_value=1.0 if diff == 0 else 0.0)
+        return result
+    p = float(2 * stats.t.sf(abs(diff) / se, df))
+    return {**result, "ci95": [diff - t975 * se, diff + t975 * se], "p_value": p,
+            "mde": float((t975 + stats.t.ppf(power, df)) * se), "df": float(df)}
+
+
 def result_cells(block: Mapping) -> dict[tuple[str, str], float]:
     """The (task, seed) -> value cells of an evaluation block (`results` or `results["adapted"]`), for `paired_test`."""
     return {(task, seed): value for task, entry in block["tasks"].items() for seed, value in entry["per_seed"].items()}
