@@ -181,10 +181,24 @@ def test_a_model_with_sliding_layers_gets_one_mask_per_layer_type_matching_trans
         assert torch.equal(got & real_queries, want & real_queries)  # real tokens see exactly transformers' keys
     assert torch.allclose(scored, losses, atol=1e-6)
 
-    monkeypatch.setattr(lm, "_takes_masks_per_layer_type", lambda module_class: False)  # keep the plain 2D mask
+    monkeypatch.setattr(lm, "_model_takes_masks_per_layer_type", lambda model: False)  # keep the plain 2D mask
     seen.clear()
     plain_losses, plain_grads = losses_and_grads(model, batch)
     assert not all(mask.any(-1).all() for mask in seen)  # that path does leave empty rows
     assert torch.allclose(losses, plain_losses, atol=1e-6)
     for got, want in zip(grads, plain_grads):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_the_model_is_searched_for_the_mask_dict_once_not_on_every_forward(tiny_gemma3, monkeypatch):
+    model = tiny_gemma3
+    batch = collate([([1, 2, 3, 4, 5, 6], [7, 8]), ([9], [10, 11, 12])], PAD)  # wider than the window of 3
+    looked_at = []
+    real = lm._takes_masks_per_layer_type
+    monkeypatch.setattr(lm, "_takes_masks_per_layer_type", lambda cls: looked_at.append(cls) or real(cls))
+    lm._MODELS_TAKING_MASKS_PER_LAYER_TYPE.pop(model, None)
+    sequence_losses(model, batch).sum().backward()
+    first = len(looked_at)
+    sequence_losses(model, batch).sum().backward()
+    assert first >= 1 and len(looked_at) == first
+    assert lm._MODELS_TAKING_MASKS_PER_LAYER_TYPE[model] is True

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -97,6 +98,18 @@ def _takes_masks_per_layer_type(module_class: type) -> bool:
     return "isinstance(causal_mask_mapping := attention_mask, dict)" in source
 
 
+_MODELS_TAKING_MASKS_PER_LAYER_TYPE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _model_takes_masks_per_layer_type(model: torch.nn.Module) -> bool:
+    """`_takes_masks_per_layer_type` for any module of the model; looked up once per model object (the walk over
+    its modules would otherwise run on every training forward)."""
+    if model not in _MODELS_TAKING_MASKS_PER_LAYER_TYPE:
+        _MODELS_TAKING_MASKS_PER_LAYER_TYPE[model] = any(
+            _takes_masks_per_layer_type(type(module)) for module in model.modules())
+    return _MODELS_TAKING_MASKS_PER_LAYER_TYPE[model]
+
+
 def _attention_kwargs(model: torch.nn.Module, batch: Batch) -> dict:
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     mask = batch.attention_mask
@@ -107,8 +120,8 @@ def _attention_kwargs(model: torch.nn.Module, batch: Batch) -> dict:
         layer_types = set(getattr(config, "layer_types", None) or ())
         if window is None or mask.shape[1] <= window or layer_types == {"full_attention"}:
             mask = training_mask(mask)
-        elif "sliding_attention" in layer_types and layer_types <= {"sliding_attention", "full_attention"} and any(
-                _takes_masks_per_layer_type(type(module)) for module in model.modules()):
+        elif ("sliding_attention" in layer_types and layer_types <= {"sliding_attention", "full_attention"}
+              and _model_takes_masks_per_layer_type(model)):
             mask = {kind: training_mask(mask, window if kind == "sliding_attention" else None)
                     for kind in layer_types}
     return dict(attention_mask=mask, position_ids=position_ids)
