@@ -7,7 +7,7 @@
     DIR/compare.md                  the paper-style table, "mean (worst)" per cell, and the paired tests
     DIR/compare.png                 bars with 95% CIs (a line plot over the field values with --sweep)
 
-Every input is checked before anything is written. Finished runs and cached evaluations are reused, a partial
+Every input is checked before anything is written (compare_plan.py). Finished runs and cached evaluations are reused, a partial
 run resumes from its last checkpoint, so re-running a killed compare continues where it stopped and re-running a
 finished one trains and evaluates nothing. docs/compare.md explains budgets, caching and the statistics.
 """
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from .compare_plan import PROBE_STEPS, Plan, Row, plan_compare, steps_for_seconds
-from .compare_report import (BASE, POOLED_LABEL, add_block_summaries, difference_block, format_markdown, paired_tests, plot,
-                             plot_curves, pooled_row)
+from .compare_report import (BASE, POOLED_LABEL, add_block_summaries, difference_block, format_markdown,
+                             paired_tests, plot, plot_curves, pooled_row)
 from .evaluate import evaluate_model
 from .models import release_memory
 from .paths import atomic_write_text
