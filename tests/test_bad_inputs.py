@@ -408,6 +408,12 @@ def _(ctx):
     return argv, ["--sweep prompt: every row is evaluated with one prompt"]
 
 
+@case("flag-compare-train-seeds-with-seed")
+def _(ctx):
+    argv = compare(ctx, "--methods", "none,metaicl", "--train-seeds", "100,13", "seed=7")
+    return argv, ["seed=7: conflicts with --train-seeds"]
+
+
 @case("recipe-multitask0-random-labels")
 def _(ctx):
     argv = train(ctx, "train_labels=random")
