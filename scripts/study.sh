@@ -127,6 +127,16 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/lora-seeds" --sweep seed=100,13 ;;
+  # Section 4b: random-label full fine-tuning at 300k tokens (section 4's best row) with a second training seed
+  full-ft-random-300k-seeds)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics zero-shot --budget tokens=300000 "${EVAL[@]}" \
+      --out "$OUT/full-ft-random-300k-seeds" --sweep seed=100,13 lora_rank=0 lr=1e-4 train_labels=random ;;
+  # Section 1f: table 1's headline (maml vs metaicl, LoRA recipe) with every method trained with seeds 100 and 13
+  lora-train-seeds)
+    maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,maml --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/lora-train-seeds" --train-seeds 100,13 ;;
   # Section 1e: second-order MAML-en-LLM with the inner steps' Adam epsilon raised to 1e-4 (training.md, the
   # first meta-step under LoRA); the outer AdamW keeps 1e-8
   inner-eps)
@@ -156,5 +166,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
