@@ -194,10 +194,16 @@ def test_sweep_gives_one_row_per_value_and_a_line_plot(tmp_path, tiny_model_dir,
     assert (out / "compare.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_a_sweep_of_training_seeds_adds_their_mean_and_tests_it_and_each_seed_against_none(
-        tmp_path, tiny_model_dir, data_dir):
+def assert_cell_mean(mean, one, two, block):
+    """Every (task, seed) cell of the seed-mean row's block is the average of the two seeds' cells."""
     from maml_en_llm.metrics import result_cells
 
+    cells = [result_cells(row["eval"][block]) for row in (one, two, mean)]
+    assert cells[2] == pytest.approx({c: (cells[0][c] + cells[1][c]) / 2 for c in cells[0]})
+
+
+def test_a_sweep_of_training_seeds_adds_their_mean_and_tests_it_and_each_seed_against_none(
+        tmp_path, tiny_model_dir, data_dir):
     out = tmp_path / "out"
     assert main(compare_args(tiny_model_dir, data_dir, out, "--sweep", "seed=1,2", "--diagnostics", "zero-shot",
                              methods="none,metaicl")) == 0
@@ -207,8 +213,7 @@ def test_a_sweep_of_training_seeds_adds_their_mean_and_tests_it_and_each_seed_ag
     none, one, two, mean = report["rows"]
     assert one["recipe"]["seed"] == 1 and two["recipe"]["seed"] == 2 and mean["pooled"] == ["seed=1", "seed=2"]
     for block in ("icl", "zero_shot", "icl_gain"):
-        cells = [result_cells(row["eval"][block]) for row in (one, two, mean)]
-        assert cells[2] == pytest.approx({c: (cells[0][c] + cells[1][c]) / 2 for c in cells[0]})
+        assert_cell_mean(mean, one, two, block)
         assert mean[block]["all"]["mean"] == pytest.approx((one[block]["all"]["mean"] + two[block]["all"]["mean"]) / 2)
     spread = mean["seed_spread"]["icl"]
     assert spread["means"] == [one["icl"]["all"]["mean"], two["icl"]["all"]["mean"]]
@@ -224,8 +229,6 @@ def test_train_seeds_give_each_method_a_seed_mean_row_tested_across_training_see
         tmp_path, tiny_model_dir, data_dir, monkeypatch):
     import matplotlib.axes
     from scipy import stats
-
-    from maml_en_llm.metrics import result_cells
 
     dots = []
     real_scatter = matplotlib.axes.Axes.scatter
@@ -243,8 +246,7 @@ def test_train_seeds_give_each_method_a_seed_mean_row_tested_across_training_see
         assert (one["recipe"]["seed"], two["recipe"]["seed"], one["seed_of"]) == (1, 2, method)
         assert mean["pooled"] == [one["label"], two["label"]] and mean["method"] == method
         for block in ("icl", "zero_shot", "icl_gain"):
-            cells = [result_cells(row["eval"][block]) for row in (one, two, mean)]
-            assert cells[2] == pytest.approx({c: (cells[0][c] + cells[1][c]) / 2 for c in cells[0]})
+            assert_cell_mean(mean, one, two, block)
             assert mean["seed_means"][block]["all"] == [one[block]["all"]["mean"], two[block]["all"]["mean"]]
     # only the method rows are tested, maml first against metaicl (the headline), and across training seeds too
     pairs = [(t["a"], t["b"]) for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all"]

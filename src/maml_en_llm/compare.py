@@ -7,9 +7,9 @@
     DIR/compare.md                  the paper-style table, "mean (worst)" per cell, and the paired tests
     DIR/compare.png                 bars with 95% CIs (a line plot over the field values with --sweep)
 
-Every input is checked before anything is written (compare_plan.py). Finished runs and cached evaluations are reused, a partial
-run resumes from its last checkpoint, so re-running a killed compare continues where it stopped and re-running a
-finished one trains and evaluates nothing. docs/compare.md explains budgets, caching and the statistics.
+Every input is checked before anything is written (compare_plan.py). Finished runs and cached evaluations are
+reused, a partial run resumes from its last checkpoint, so re-running a killed compare continues where it stopped
+and re-running a finished one trains and evaluates nothing. docs/compare.md explains budgets, caching and the statistics.
 """
 
 from __future__ import annotations
@@ -207,7 +207,8 @@ def run_compare(args, command_line: str) -> dict:
         "split": {"name": plan.split.name, "source": plan.split.source, "train": list(plan.split.train),
                   "test": list(plan.split.test), "unseen_domain_test": list(plan.split.unseen_domain_test)},
         "methods": list(dict.fromkeys(row.method for row in plan.rows)), "budget": plan.budget,
-        "recipe": plan.recipe, "sweep": plan.sweep, "train_seeds": plan.train_seeds, "eval": plan.eval_settings, "dtype": plan.dtype,
+        "recipe": plan.recipe, "sweep": plan.sweep, "train_seeds": plan.train_seeds, "eval": plan.eval_settings,
+        "dtype": plan.dtype,
         "rows": rows, "paired_tests": tests, "headline": headline,
         "statistics": "cell = (task, seed) metric in percent; per seed s, a_s = mean over tasks; mean = mean_s a_s, "
                       "worst = min_s a_s; ci95 = Student-t interval of the mean over task x seed cells; paired "

@@ -136,14 +136,12 @@ def seed_test(a: Sequence[float], b: Sequence[float] | float, power: float = 0.8
     var_a = xa.var(ddof=1) / xa.size
     var_b = 0.0 if constant else xb.var(ddof=1) / xb.size
     se = math.sqrt(var_a + var_b)
-    if constant:
-        df = xa.size - 1.0
-    else:  # Welch-Satterthwaite
-        df = (var_a + var_b) ** 2 / (var_a ** 2 / (xa.size - 1) + var_b ** 2 / (xb.size - 1)) if se > 0 else 1.0
-    t975 = float(stats.t.ppf(0.975, df))
     if se == 0:
         result.update(ci95=[diff, diff], p_value=1.0 if diff == 0 else 0.0)
         return result
+    df = (xa.size - 1.0 if constant else  # else Welch-Satterthwaite
+          (var_a + var_b) ** 2 / (var_a ** 2 / (xa.size - 1) + var_b ** 2 / (xb.size - 1)))
+    t975 = float(stats.t.ppf(0.975, df))
     p = float(2 * stats.t.sf(abs(diff) / se, df))
     return {**result, "ci95": [diff - t975 * se, diff + t975 * se], "p_value": p,
             "mde": float((t975 + stats.t.ppf(power, df)) * se), "df": float(df)}
