@@ -9,6 +9,13 @@ export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 OUT=${OUT:-runs/study}
 EVAL=(--k 4 --seeds 100,13,21,42,87 --max-test 100)
 
+gpu_ft_random_seeds() {  # TOKENS OUT: section 5c's command
+  env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/social.json \
+    --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget "tokens=$1" \
+    "${EVAL[@]}" --device cuda --dtype bfloat16 --batch-size 32 --out "$2" --train-seeds 100,13,21,42,87 \
+    --jobs 5 lora_rank=0 lr=1e-4 train_labels=random batch_tasks=true checkpoint_every=0
+}
+
 case "${1:-}" in
   # Table 1: no meta-training vs MetaICL vs first-order vs second-order MAML-en-LLM, equal training tokens
   methods)
@@ -159,6 +166,12 @@ case "${1:-}" in
       --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot --budget seconds=290 \
       "${EVAL[@]}" --device cuda --dtype bfloat16 --batch-size 32 --out "$OUT/gpu-random" \
       train_labels=random tasks_per_step=16 support_size=2 query_size=2 batch_tasks=true checkpoint_every=0 ;;
+  # Section 5c: on one GPU, section 4b's random-label full fine-tuning (lr 1e-4) with five training seeds, at 300k
+  # and at 1M tokens, the five seeds trained and evaluated at once (--jobs 5: about 66 GiB of GPU memory), bf16
+  gpu-ft-random-300k-seeds)
+    gpu_ft_random_seeds 300000 "$OUT/gpu-ft-random-300k-seeds" ;;
+  gpu-ft-random-1m-seeds)
+    gpu_ft_random_seeds 1000000 "$OUT/gpu-ft-random-1m-seeds" ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -166,5 +179,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac

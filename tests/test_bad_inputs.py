@@ -414,6 +414,14 @@ def _(ctx):
     return argv, ["seed=7: conflicts with --train-seeds"]
 
 
+@case("flag-compare-jobs-with-seconds-budget")
+def _(ctx):
+    argv = compare(ctx, "--jobs", "4")
+    at = argv.index("--steps")
+    argv[at:at + 2] = ["--budget", "seconds=60"]
+    return argv, ["--jobs 4 with --budget seconds"]
+
+
 @case("recipe-multitask0-random-labels")
 def _(ctx):
     argv = train(ctx, "train_labels=random")

@@ -326,6 +326,7 @@ def result_cells_of(row):
     (["--train-seeds", "1,2", "--methods", "none"], "needs a trained method"),
     (["--train-seeds", "1,2", "--methods", "maml", "seed=3"], "conflicts with --train-seeds"),
     (["--methods", "maml", "--data-dir", "/nonexistent/data"], "data folder not found"),
+    (["--jobs", "0"], "--jobs 0: give a number of processes"),
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys, extra, needle):
     calls = count_calls(monkeypatch)
@@ -404,6 +405,43 @@ def _next_episode_tokens(run_dir, step, tiny_model_dir, data_dir):
 def test_bad_budgets_are_one_line_errors(tmp_path, tiny_model_dir, data_dir, capsys, budget, message):
     assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", budget=budget)) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_jobs_with_a_seconds_budget_is_refused(tmp_path, tiny_model_dir, data_dir, capsys):
+    """Timing probes that share the device with other rows' work would give each method the wrong steps."""
+    args = compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2", budget=("--budget", "seconds=5"))
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--jobs 2 with --budget seconds" in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_results(
+        first_run, tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys):
+    """`--jobs 3` does every training and evaluation in spawned workers (this process only plans and tabulates,
+    so the counting wrappers here see no call) and gives the runs, run names and numbers of the sequential
+    compare."""
+    calls = count_calls(monkeypatch)
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert calls == {"train": [], "evaluate": []}
+    assert "3 rows to train or evaluate in 3 worker processes" in capsys.readouterr().out
+    assert {p.name for p in (out / "runs").iterdir()} == {p.name for p in (first_run / "runs").iterdir()}
+    assert {p.name for p in (out / "evals").iterdir()} == {p.name for p in (first_run / "evals").iterdir()}
+    parallel, sequential = (json.loads((d / "compare.json").read_text())["rows"] for d in (out, first_run))
+    assert [row["label"] for row in parallel] == [row["label"] for row in sequential]
+    for a, b in zip(parallel, sequential):
+        assert a["train"]["steps"] == b["train"]["steps"]
+        for block in ("icl", "adapted", "zero_shot"):
+            assert result_cells_of_block(a, block) == pytest.approx(result_cells_of_block(b, block), abs=1e-6)
+
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert "worker processes" not in capsys.readouterr().out  # all done: no worker is started
+
+
+def result_cells_of_block(row, block):
+    from maml_en_llm.metrics import result_cells
+
+    return result_cells(row["eval"][block])
 
 
 def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):

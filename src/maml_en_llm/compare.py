@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
 from .compare_plan import PROBE_STEPS, Plan, Row, plan_compare, steps_for_seconds
 from .compare_report import (BASE, POOLED_LABEL, add_block_summaries, difference_block, format_markdown,
                              paired_tests, plot, plot_curves, pooled_row)
+from .errors import UserError
 from .evaluate import evaluate_model
 from .models import release_memory
 from .paths import atomic_write_text
@@ -42,6 +44,8 @@ def _clean(value):
 
 
 # ---------------------------------------------------------------- training and evaluation (cached)
+
+PROGRESS = {"bars": True}  # False in --jobs workers, whose bars would interleave
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
@@ -86,7 +90,7 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
         started = time.perf_counter()
         train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
               resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
-              allow_train_test_overlap=plan.allow_train_test_overlap)
+              progress=PROGRESS["bars"], allow_train_test_overlap=plan.allow_train_test_overlap)
         seconds = time.perf_counter() - started
         release_memory()  # the next row trains, or the evaluations run, in this process
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
@@ -102,20 +106,26 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
                                         if probe.exists() else None)}
 
 
+def _cached_eval(plan: Plan, row: Row, variant: str) -> dict | None:
+    key, name = row.evals[variant]
+    path = plan.out / "evals" / f"{name}.json"
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # missing or unreadable: evaluate (again)
+    return cached if cached.get("key") == key else None
+
+
 def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
     """One of the row's evaluations (`icl`: in context and, with --adapt-steps, adapted; or a diagnostic), from
     its cache or computed and cached."""
     key, name = row.evals[variant]
     path = plan.out / "evals" / f"{name}.json"
     label = row.label if variant == "icl" else f"{row.label} ({variant.replace('_', '-')})"
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                print(f"== evaluating {label} ({position}): cached in {path}", flush=True)
-                return cached
-        except ValueError:
-            pass  # unreadable: evaluate again
+    cached = _cached_eval(plan, row, variant)
+    if cached is not None:
+        print(f"== evaluating {label} ({position}): cached in {path}", flush=True)
+        return cached
     from .eval_journal import model_fingerprint
     from .models import load_model_and_tokenizer, pick_device
 
@@ -130,7 +140,7 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
                             batch_size=key["batch_size"], adapt_steps=key["adapt_steps"],
                             adapt_lr=key["adapt_lr"] or 1e-5, adapt_optimizer=key["adapt_optimizer"] or "adam",
                             demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"],
-                            journal=journal, model_id=model_fingerprint(source))
+                            journal=journal, model_id=model_fingerprint(source), progress=PROGRESS["bars"])
     del model
     release_memory()
     cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
@@ -148,6 +158,57 @@ def _validation_curve(plan: Plan, row: Row) -> list[dict]:
     return [{k: json.loads(line)[k] for k in keep} for line in path.read_text().splitlines() if line.strip()]
 
 
+# ---------------------------------------------------------------- --jobs: rows in parallel processes
+
+
+def _row_work(plan: Plan, index: int, threads: int | None) -> str:
+    """One `--jobs` worker task: train row `index` (or resume or reuse it) and run its evaluations. Everything lands
+    in the out folder's caches, from which the parent then tabulates."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    PROGRESS["bars"] = False
+    row = plan.rows[index]
+    if row.method != BASE:
+        train_row(plan, row, "worker")
+    for variant in row.evals:
+        evaluate_row(plan, row, variant, "worker")
+    return row.label
+
+
+def _needs_work(plan: Plan, row: Row) -> bool:
+    unfinished = row.method != BASE and not (plan.out / "runs" / row.run_name / "final" / "config.json").exists()
+    return unfinished or any(_cached_eval(plan, row, variant) is None for variant in row.evals)
+
+
+def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
+    """Train and evaluate up to `jobs` rows at once, each in its own spawned process (one model per process, all on
+    plan.device). On one GPU this fills the device that a single small-model process leaves idle; on CPU the cores
+    are split between the processes unless OMP_NUM_THREADS is set."""
+    import concurrent.futures
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = sorted((i for i, row in enumerate(plan.rows) if _needs_work(plan, row)),
+                     key=lambda i: plan.rows[i].method == BASE)  # trained rows first: they take longest
+    if not pending:
+        return
+    workers = min(jobs, len(pending))
+    threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // workers)
+    print(f"== {len(pending)} row{'s' if len(pending) != 1 else ''} to train or evaluate in {workers} worker "
+          f"processes (--jobs {jobs})", flush=True)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_row_work, plan, i, threads) for i in pending]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                print(f"== worker finished {future.result()}", flush=True)
+        except BrokenProcessPool:
+            raise UserError(f"compare --jobs {jobs}: a worker process died (out of memory?); run the same command "
+                            f"again with fewer --jobs: finished runs and evaluations are kept") from None
+
+
 # ---------------------------------------------------------------- the command
 
 
@@ -160,6 +221,8 @@ def run_compare(args, command_line: str) -> dict:
     print(f"compare: {count} ({', '.join(row.label for row in plan.rows)}) on {plan.split.name}, "
           f"budget: {plan.budget['equalised']}, output in {plan.out}", flush=True)
     plan.out.mkdir(parents=True, exist_ok=True)
+    if plan.jobs > 1:
+        run_rows_in_parallel(plan, plan.jobs)  # then the loops below find every run and evaluation done
 
     train_info = {}
     for n, row in enumerate(trained, start=1):

@@ -60,6 +60,7 @@ class Plan:
     dtype: str
     command: str
     allow_train_test_overlap: bool = False
+    jobs: int = 1  # rows trained and evaluated at once, each in its own process (compare.run_rows_in_parallel)
 
 
 # ---------------------------------------------------------------- planning (no writes)
@@ -214,6 +215,16 @@ def parse_diagnostics(names: list[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def parse_jobs(jobs: int, budget_given) -> int:
+    """`--jobs N`: at least 1; not with a seconds budget, whose timing probes must have the device to themselves."""
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give a number of processes, 1 or more")
+    if jobs > 1 and budget_given and budget_given[0] == "seconds":
+        raise UserError(f"--jobs {jobs} with --budget seconds: each method's steps come from timing it, which "
+                        "processes sharing the device would distort; use --jobs 1, or a tokens or steps budget")
+    return jobs
+
+
 def plan_compare(args, command_line: str) -> Plan:
     """Resolve and check every input (methods, sweep, budget, recipe, data, eval settings); write nothing."""
     methods = parse_methods(args.methods)
@@ -228,6 +239,7 @@ def plan_compare(args, command_line: str) -> Plan:
         raise UserError(f"steps={overrides['steps']}: conflicts with {budget_flag}; drop one of them")
     if sweep and sweep[0] in overrides:
         raise UserError(f"{sweep[0]}={overrides[sweep[0]]}: the field is also swept by --sweep; drop one of them")
+    jobs = parse_jobs(getattr(args, "jobs", 1), budget_given)
     train_seeds = (parse_train_seeds(args.train_seeds, methods, args.sweep, overrides)
                    if getattr(args, "train_seeds", None) else None)
     out = check_output(Path(args.out))
@@ -324,4 +336,5 @@ def plan_compare(args, command_line: str) -> Plan:
                 split_spec=args.split, rows=rows, budget=budget, recipe=shared.to_dict(),
                 sweep={"field": sweep[0], "values": sweep[1]} if sweep else None, train_seeds=train_seeds,
                 eval_settings=eval_settings,
-                device=args.device, dtype=args.dtype, command=command_line, allow_train_test_overlap=allow_overlap)
+                device=args.device, dtype=args.dtype, command=command_line, allow_train_test_overlap=allow_overlap,
+                jobs=jobs)
