@@ -438,6 +438,21 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     assert "worker processes" not in capsys.readouterr().out  # all done: no worker is started
 
 
+def _worker_that_dies(plan, index, threads):
+    import os
+
+    os._exit(3)  # what the kernel's out-of-memory killer leaves behind: no exception, just a dead process
+
+
+def test_a_worker_that_dies_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys):
+    monkeypatch.setattr(compare_module, "_row_work", _worker_that_dies)
+    args = compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2", methods="none,metaicl")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "compare --jobs 2: a worker process died" in err and "\n" not in err
+    assert not (tmp_path / "out" / "compare.json").exists()
+
+
 def result_cells_of_block(row, block):
     from maml_en_llm.metrics import result_cells
 

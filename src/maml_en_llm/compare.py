@@ -207,6 +207,10 @@ def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
         except BrokenProcessPool:
             raise UserError(f"compare --jobs {jobs}: a worker process died (out of memory?); run the same command "
                             f"again with fewer --jobs: finished runs and evaluations are kept") from None
+        except BaseException:
+            for future in futures:  # rows not started yet are dropped; those running finish and are kept
+                future.cancel()
+            raise
 
 
 # ---------------------------------------------------------------- the command
