@@ -139,11 +139,11 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl --diagnostics zero-shot --budget tokens=300000 "${EVAL[@]}" \
       --out "$OUT/full-ft-random-300k-seeds" --sweep seed=100,13 lora_rank=0 lr=1e-4 train_labels=random ;;
-  # Section 1f: table 1's headline (maml vs metaicl, LoRA recipe) with every method trained with seeds 100 and 13
+  # Section 1f: table 1's headline (maml vs metaicl, LoRA recipe) with every method trained with five seeds
   lora-train-seeds)
     maml-en-llm compare --split study/splits/social.json --config study/recipes/lora-k4.yaml \
       --methods none,metaicl,maml --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" \
-      --out "$OUT/lora-train-seeds" --train-seeds 100,13 ;;
+      --out "$OUT/lora-train-seeds" --train-seeds 100,13,21,42,87 ;;
   # Section 1e: second-order MAML-en-LLM with the inner steps' Adam epsilon raised to 1e-4 (training.md, the
   # first meta-step under LoRA); the outer AdamW keeps 1e-8
   inner-eps)
