@@ -307,10 +307,10 @@ def test_pooling_needs_two_seeds_and_other_sweeps_keep_their_first_value_as_refe
     assert tests[0]["verdict_level"] == "tasks and training seeds" and tests[1]["verdict_level"] == "tasks"
 
 
-def result_cells_of(row):
+def result_cells_of(row, block="icl"):
     from maml_en_llm.metrics import result_cells
 
-    return result_cells(row["eval"]["icl"])
+    return result_cells(row["eval"][block])
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -432,10 +432,16 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     for a, b in zip(parallel, sequential):
         assert a["train"]["steps"] == b["train"]["steps"]
         for block in ("icl", "adapted", "zero_shot"):
-            assert result_cells_of_block(a, block) == pytest.approx(result_cells_of_block(b, block), abs=1e-6)
+            assert result_cells_of(a, block) == pytest.approx(result_cells_of(b, block), abs=1e-6)
 
     assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
     assert "worker processes" not in capsys.readouterr().out  # all done: no worker is started
+
+    # a run whose final model is gone while its evaluations are still cached is trained again by a worker too
+    shutil.rmtree(next((out / "runs").glob("metaicl-*")) / "final")
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert "1 row to train or evaluate in 1 worker processes" in capsys.readouterr().out
+    assert calls == {"train": [], "evaluate": []} and next((out / "runs").glob("metaicl-*/final/config.json"))
 
 
 def _worker_that_dies(plan, index, threads):
@@ -451,12 +457,6 @@ def test_a_worker_that_dies_is_a_one_line_error(tmp_path, tiny_model_dir, data_d
     err = capsys.readouterr().err.strip()
     assert "compare --jobs 2: a worker process died" in err and "\n" not in err
     assert not (tmp_path / "out" / "compare.json").exists()
-
-
-def result_cells_of_block(row, block):
-    from maml_en_llm.metrics import result_cells
-
-    return result_cells(row["eval"][block])
 
 
 def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):

@@ -45,8 +45,6 @@ def _clean(value):
 
 # ---------------------------------------------------------------- training and evaluation (cached)
 
-PROGRESS = {"bars": True}  # False in --jobs workers, whose bars would interleave
-
 
 def _read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
@@ -76,11 +74,16 @@ def probe_steps(plan: Plan, row: Row, run_dir: Path) -> int:
                              probe["seconds_per_token"])
 
 
-def train_row(plan: Plan, row: Row, position: str) -> dict:
-    """Train (or resume, or reuse) one row's run; return steps, tokens and times read back from the run."""
+def _run_finished(plan: Plan, row: Row) -> bool:
+    return (plan.out / "runs" / row.run_name / "final" / "config.json").exists()
+
+
+def train_row(plan: Plan, row: Row, position: str, progress: bool = True) -> dict:
+    """Train (or resume, or reuse) one row's run; return steps, tokens and times read back from the run.
+    `progress`: show the training bar (off in --jobs workers, whose bars would interleave)."""
     run_dir = plan.out / "runs" / row.run_name
     timing_path = run_dir / "compare_timing.json"
-    if (run_dir / "final" / "config.json").exists():
+    if _run_finished(plan, row):
         print(f"== training {row.label} ({position}): done already, reusing {run_dir}", flush=True)
     else:
         if plan.budget["equalised"] == "seconds":
@@ -90,7 +93,7 @@ def train_row(plan: Plan, row: Row, position: str) -> dict:
         started = time.perf_counter()
         train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
               resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
-              progress=PROGRESS["bars"], allow_train_test_overlap=plan.allow_train_test_overlap)
+              progress=progress, allow_train_test_overlap=plan.allow_train_test_overlap)
         seconds = time.perf_counter() - started
         release_memory()  # the next row trains, or the evaluations run, in this process
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
@@ -116,9 +119,9 @@ def _cached_eval(plan: Plan, row: Row, variant: str) -> dict | None:
     return cached if cached.get("key") == key else None
 
 
-def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
+def evaluate_row(plan: Plan, row: Row, variant: str, position: str, progress: bool = True) -> dict:
     """One of the row's evaluations (`icl`: in context and, with --adapt-steps, adapted; or a diagnostic), from
-    its cache or computed and cached."""
+    its cache or computed and cached. `progress`: show the evaluation bar."""
     key, name = row.evals[variant]
     path = plan.out / "evals" / f"{name}.json"
     label = row.label if variant == "icl" else f"{row.label} ({variant.replace('_', '-')})"
@@ -140,7 +143,7 @@ def evaluate_row(plan: Plan, row: Row, variant: str, position: str) -> dict:
                             batch_size=key["batch_size"], adapt_steps=key["adapt_steps"],
                             adapt_lr=key["adapt_lr"] or 1e-5, adapt_optimizer=key["adapt_optimizer"] or "adam",
                             demo_labels=key["demo_labels"], format=key["format"], bos=key["bos"],
-                            journal=journal, model_id=model_fingerprint(source), progress=PROGRESS["bars"])
+                            journal=journal, model_id=model_fingerprint(source), progress=progress)
     del model
     release_memory()
     cached = {"key": key, "model": source, "wall_seconds": round(time.perf_counter() - started, 2),
@@ -168,17 +171,16 @@ def _row_work(plan: Plan, index: int, threads: int | None) -> str:
 
     if threads:
         torch.set_num_threads(threads)
-    PROGRESS["bars"] = False
     row = plan.rows[index]
     if row.method != BASE:
-        train_row(plan, row, "worker")
+        train_row(plan, row, "worker", progress=False)
     for variant in row.evals:
-        evaluate_row(plan, row, variant, "worker")
+        evaluate_row(plan, row, variant, "worker", progress=False)
     return row.label
 
 
 def _needs_work(plan: Plan, row: Row) -> bool:
-    unfinished = row.method != BASE and not (plan.out / "runs" / row.run_name / "final" / "config.json").exists()
+    unfinished = row.method != BASE and not _run_finished(plan, row)
     return unfinished or any(_cached_eval(plan, row, variant) is None for variant in row.evals)
 
 
