@@ -5,7 +5,8 @@
 Rule: a study split keeps a setting's training tasks unchanged and its test tasks that have at least
 MIN_TEST test examples, so every test task can be scored on 100 examples per seed (docs/results.md explains
 why: the power to see a 2-point difference). `unseen_domain_test` keeps the setting's unseen-domain tasks that
-pass the same rule.
+pass the same rule. `social-k16` is `social` less the training tasks whose pool is too small for k = 16 episodes
+(a support and a query instance from disjoint halves need 2 x (16 + 1) = 34 examples).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from maml_en_llm.paths import default_data_dir  # noqa: E402
-from maml_en_llm.tasks import load_split, load_test  # noqa: E402
+from maml_en_llm.tasks import load_pool, load_split, load_test  # noqa: E402
 
 MIN_TEST = 100
+K16_POOL = 2 * (16 + 1)
 SETTINGS = {"social": "bb_non_social_to_social", "commonsense": "bb_non_commonsense_to_commonsense",
             "logic": "bb_non_logic_to_logic"}
 
@@ -37,6 +39,11 @@ def main() -> None:
                 "unseen_domain_test": [t for t in split.unseen_domain_test if t in test]}
         (out / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
         print(f"{name}: {len(body['train'])} train, {len(test)} test ({', '.join(test)})")
+        if name == "social":
+            k16 = dict(body, about=body["about"] + f", less the training tasks with < {K16_POOL} pool examples",
+                       train=[t for t in body["train"] if len(load_pool(data_dir, t)) >= K16_POOL])
+            (out / "social-k16.json").write_text(json.dumps(k16, indent=1) + "\n")
+            print(f"social-k16: {len(k16['train'])} train")
 
 
 if __name__ == "__main__":

@@ -444,6 +444,17 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     assert calls == {"train": [], "evaluate": []} and next((out / "runs").glob("metaicl-*/final/config.json"))
 
 
+def test_jobs_evaluate_the_untrained_row_first(tmp_path, tiny_model_dir, data_dir):
+    """A compare cut short (a lent GPU's time limit) must still hold the baseline every comparison needs."""
+    from maml_en_llm.cli import build_parser
+
+    args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2",
+                                                  "--train-seeds", "1,2", methods="metaicl,none"))
+    plan = compare_module.plan_compare(args, "compare")
+    labels = [plan.rows[i].label for i in compare_module.work_order(plan)]
+    assert labels[0] == "none" and sorted(labels[1:]) == sorted(r.label for r in plan.rows if r.label != "none")
+
+
 def _worker_that_dies(plan, index, threads):
     import os
 

@@ -184,6 +184,14 @@ def _needs_work(plan: Plan, row: Row) -> bool:
     return unfinished or any(_cached_eval(plan, row, variant) is None for variant in row.evals)
 
 
+def work_order(plan: Plan) -> list[int]:
+    """Indices of the rows with work left, in the order workers take them: the untrained row first (every
+    comparison needs it, and it is only evaluated, so a compare cut short by a time limit still has its baseline),
+    then the trained rows in the plan's order."""
+    pending = [i for i, row in enumerate(plan.rows) if _needs_work(plan, row)]
+    return sorted(pending, key=lambda i: plan.rows[i].method != BASE)
+
+
 def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
     """Train and evaluate up to `jobs` rows at once, each in its own spawned process (one model per process, all on
     plan.device). On one GPU this fills the device that a single small-model process leaves idle; on CPU the cores
@@ -192,8 +200,7 @@ def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
-    pending = sorted((i for i, row in enumerate(plan.rows) if _needs_work(plan, row)),
-                     key=lambda i: plan.rows[i].method == BASE)  # trained rows first: they take longest
+    pending = work_order(plan)
     if not pending:
         return
     workers = min(jobs, len(pending))
