@@ -1,6 +1,8 @@
 """Metrics against hand-computed cases (MetaICL's Macro-F1 and accuracy, in percent) and the comparison stats."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -114,3 +116,48 @@ def test_seed_test_is_welch_across_training_seeds_and_one_sample_against_an_untr
     for short in (seed_test([46.0], b), seed_test(a, [45.0])):
         assert math.isnan(short["p_value"]) and short["mde"] is None
     assert seed_test([45.0, 45.0], [44.0, 44.0])["p_value"] == 0.0
+
+
+def _eval_file(path, cells, wrap):
+    tasks = {}
+    for (task, seed), value in cells.items():
+        tasks.setdefault(task, {"per_seed": {}})["per_seed"][seed] = value
+    body = {"tasks": tasks}
+    path.write_text(json.dumps({"result": body} if wrap else body))
+    return str(path)
+
+
+def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path, capsys):
+    """scripts/pair_evals.py: the seed mean's cells against the untrained model's, and the seeds' means against
+    its mean, from eval and compare files alike; the ICL gain is taken cell by cell."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
+    pair_evals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pair_evals)
+    cells = [(t, s) for t in ("t1", "t2", "t3") for s in ("1", "2")]
+    base = {c: 40.0 + 3 * i for i, c in enumerate(cells)}
+    seed_a = {c: v + (1.0 if c[0] == "t1" else 3.0) for c, v in base.items()}  # task means +1, +3, +3
+    seed_b = {c: v + (2.0 if c[1] == "1" else 4.0) for c, v in base.items()}  # +3 on every task
+    zero = {c: 30.0 for c in cells}
+    files = dict(base_icl=_eval_file(tmp_path / "b.json", base, False),
+                 base_zero=_eval_file(tmp_path / "bz.json", zero, True),
+                 a=_eval_file(tmp_path / "a.json", seed_a, True), b=_eval_file(tmp_path / "c.json", seed_b, False),
+                 za=_eval_file(tmp_path / "za.json", zero, True), zb=_eval_file(tmp_path / "zb.json", {c: 31.0 for c in cells}, False))
+    assert pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
+                            "--icl", files["a"], files["b"], "--zero-shot", files["za"], files["zb"]]) == 0
+    out = capsys.readouterr().out
+    icl, zero_shot, icl_gain = out.split("## ")[1:]
+    mean_a, mean_b = sum(seed_a.values()) / 6, sum(seed_b.values()) / 6
+    assert f"per seed {mean_a:.2f} / {mean_b:.2f}" in icl
+    assert "seed mean - untrained +2.67" in icl  # (7/3 + 3) / 2
+    by_task = paired_test({"t1": 43.5, "t2": 50.5, "t3": 56.5}, {"t1": 41.5, "t2": 47.5, "t3": 53.5})
+    low, high = by_task["ci95"]
+    assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in icl
+    assert "seed mean - untrained +0.50" in zero_shot and "untrained +2.17" in icl_gain
+    assert "across 2 training seeds" in icl_gain
+
+    short = _eval_file(tmp_path / "short.json", dict(list(seed_a.items())[:4]), True)
+    with pytest.raises(SystemExit, match="the same task x seed cells"):
+        pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
+                         "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])

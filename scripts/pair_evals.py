@@ -1,0 +1,92 @@
+"""Tests of trained models against the untrained one from evaluation files alone, as `compare` reports them.
+
+    .venv/bin/python scripts/pair_evals.py --base-icl NONE_ICL.json --base-zero-shot NONE_0SHOT.json \
+        --icl SEED1_ICL.json SEED2_ICL.json ... --zero-shot SEED1_0SHOT.json SEED2_0SHOT.json ...
+
+For rows whose evaluations were made apart (on two machines, say), when no single `compare` folder holds them all.
+Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--zero-shot` list one file per
+training seed, in the same order. Prints, for ICL, 0-shot and ICL gain (ICL - 0-shot, cell by cell): the untrained
+mean, each seed's mean and their SD, then the seed mean - untrained over task x seed cells, over task means and
+across training seeds, with the smallest difference each detects with 80% power: the tests of compare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from maml_en_llm.compare_report import _task_means, detectable_difference  # noqa: E402
+from maml_en_llm.metrics import paired_test, result_cells, seed_test  # noqa: E402
+
+
+def load_cells(path: str) -> dict:
+    body = json.loads(Path(path).read_text())
+    return result_cells(body.get("result", body))
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def gain(icl: dict, zero_shot: dict) -> dict:
+    return {cell: icl[cell] - zero_shot[cell] for cell in icl}
+
+
+def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
+    cells = sorted(base)
+    if any(sorted(s) != cells for s in seeds):
+        raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
+    seed_mean_cells = {c: mean(s[c] for s in seeds) for c in cells}
+    per_seed = [mean(s.values()) for s in seeds]
+    lines = [f"## {name}", f"untrained {mean(base.values()):.2f}; trained, mean of {len(seeds)} seeds "
+             f"{mean(per_seed):.2f}; per seed {' / '.join(f'{m:.2f}' for m in per_seed)}"
+             + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
+    by_cell = paired_test(seed_mean_cells, base)
+    by_cell_mde = detectable_difference([seed_mean_cells[c] - base[c] for c in cells])
+    a_tasks, b_tasks = _task_means(seed_mean_cells), _task_means(base)
+    by_task = paired_test(a_tasks, b_tasks)
+    by_task_mde = detectable_difference([a_tasks[t] - b_tasks[t] for t in sorted(a_tasks)])
+    by_seed = seed_test(per_seed, mean(base.values()))
+
+    def ci(result: dict) -> str:
+        low, high = result["ci95"]
+        return f"[{low:+.2f}, {high:+.2f}]"
+
+    def mde(value) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines += [f"seed mean - untrained {by_cell['mean_diff']:+.2f}",
+              f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, MDE {mde(by_cell_mde)}",
+              f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
+              f"MDE {mde(by_task_mde)}",
+              f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
+              f"MDE {mde(by_seed['mde'])}"]
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base-icl", required=True)
+    parser.add_argument("--base-zero-shot", required=True)
+    parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
+    parser.add_argument("--zero-shot", nargs="+", required=True, help="one file per training seed, same order")
+    args = parser.parse_args(argv)
+    if len(args.icl) != len(args.zero_shot):
+        parser.error("--icl and --zero-shot need one file per training seed each")
+    base_icl, base_zero = load_cells(args.base_icl), load_cells(args.base_zero_shot)
+    icl, zero = [load_cells(f) for f in args.icl], [load_cells(f) for f in args.zero_shot]
+    out = report("ICL", base_icl, icl) + report("0-shot", base_zero, zero)
+    out += report("ICL gain", gain(base_icl, base_zero), [gain(a, b) for a, b in zip(icl, zero)])
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
