@@ -16,6 +16,14 @@ gpu_ft_random_seeds() {  # TOKENS OUT: section 5c's command
     --jobs 5 lora_rank=0 lr=1e-4 train_labels=random batch_tasks=true checkpoint_every=0
 }
 
+gpu_ft_symbols_seeds() {  # K SPLIT JOBS BATCH DIAGNOSTICS OUT: section 5d's commands
+  env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split "$2" \
+    --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics "$5" --budget tokens=1000000 \
+    --k "$1" --seeds 100,13,21,42,87 --max-test 100 --device cuda --dtype bfloat16 --batch-size "$4" --out "$6" \
+    --train-seeds 100,13,21,42,87 --jobs "$3" lora_rank=0 lr=1e-4 train_labels=symbols batch_tasks=true \
+    checkpoint_every=0
+}
+
 case "${1:-}" in
   # Table 1: no meta-training vs MetaICL vs first-order vs second-order MAML-en-LLM, equal training tokens
   methods)
@@ -172,6 +180,17 @@ case "${1:-}" in
     gpu_ft_random_seeds 300000 "$OUT/gpu-ft-random-300k-seeds" ;;
   gpu-ft-random-1m-seeds)
     gpu_ft_random_seeds 1000000 "$OUT/gpu-ft-random-1m-seeds" ;;
+  # Section 5d: symbol-label MetaICL (full fine-tuning, 1M tokens, five training seeds) on a GPU, k = 4 and k = 16
+  gpu-ft-symbols-1m-seeds)
+    gpu_ft_symbols_seeds 4 study/splits/social.json 6 32 zero-shot,symbols "$OUT/gpu-ft-symbols-1m-seeds" ;;
+  gpu-ft-symbols-k16-1m-seeds)
+    gpu_ft_symbols_seeds 16 study/splits/social-k16.json 4 16 zero-shot "$OUT/gpu-ft-symbols-k16-1m-seeds" ;;
+  # Section 5d: the untrained model at k = 16 and zero-shot, on the CPU (float32)
+  k16-none)
+    maml-en-llm eval --split study/splits/social-k16.json --k 16 --seeds 100,13,21,42,87 --max-test 100 \
+      --out "$OUT/k16-none/icl"
+    maml-en-llm eval --split study/splits/social-k16.json --k 0 --seeds 100,13,21,42,87 --max-test 100 \
+      --out "$OUT/k16-none/zero-shot" ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -179,5 +198,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
