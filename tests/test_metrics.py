@@ -161,3 +161,32 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
     with pytest.raises(SystemExit, match="the same task x seed cells"):
         pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
                          "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])
+
+
+def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path):
+    """scripts/floors.py on hand-made tasks: 3 x "yes" and 1 x "no" -> predicting "yes" everywhere gives
+    F1(yes) = 2 x 0.75 x 1 / 1.75 and F1(no) = 0, Macro-F1 42.86; multi-choice with 2 and 4 options -> 37.5."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("floors", Path(__file__).parents[1] / "scripts/floors.py")
+    floors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floors)
+    data = tmp_path / "data"
+    rows = {"cls": [{"input": f"x{i}", "output": out, "options": ["no", "yes"]}
+                    for i, out in enumerate(["yes", "yes", "no", "yes"])],
+            "mc": [{"input": "a", "output": "p", "options": ["p", "q"]},
+                   {"input": "b", "output": "r", "options": ["r", "s", "t", "u"]}]}
+    for task, records in rows.items():
+        (data / task).mkdir(parents=True)
+        for seed in (1, 2):
+            (data / task / f"{task}_16_{seed}_test.jsonl").write_text(
+                "".join(json.dumps({"task": task, **r}) + "\n" for r in records))
+        (data / "config" / "tasks").mkdir(parents=True, exist_ok=True)
+        meta = {"task_type": "classification" if task == "cls" else "multi-choice"}
+        (data / "config" / "tasks" / f"{task}.json").write_text(json.dumps(meta))
+    (data / "config" / "s.json").write_text(json.dumps({"train": [], "test": ["cls", "mc"]}))
+    result = floors.floors(data, "s", [1, 2], None)
+    assert result["cls"] == ("classification", pytest.approx(100 * (2 * 0.75 / 1.75) / 2))
+    assert result["mc"] == ("multi-choice", pytest.approx(37.5))
+    # the first 2 examples are both "yes": "yes" everywhere is right everywhere (Macro-F1 over the gold labels)
+    assert floors.floors(data, "s", [1], 2)["cls"][1] == pytest.approx(100.0)
