@@ -470,6 +470,23 @@ def test_a_worker_that_dies_is_a_one_line_error(tmp_path, tiny_model_dir, data_d
     assert not (tmp_path / "out" / "compare.json").exists()
 
 
+def _worker_out_of_memory(plan, index, threads):
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+
+def test_a_worker_out_of_accelerator_memory_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, monkeypatch,
+                                                                  capsys):
+    """The error crosses the process boundary as itself, so the CLI names the memory knobs (--jobs among them)."""
+    monkeypatch.setattr(compare_module, "_row_work", _worker_out_of_memory)
+    args = compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2", methods="none,metaicl")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().startswith("error: out of accelerator memory (CUDA out of memory")
+    assert "compare --jobs" in err and not (tmp_path / "out" / "compare.json").exists()
+
+
 def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):
     """Every row is also evaluated zero-shot, with random demonstration labels and with symbol labels; the ICL
     gain is the cell-by-cell difference of in-context and zero-shot; validation curves reach the report."""

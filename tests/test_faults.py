@@ -436,3 +436,48 @@ def test_kill_9_during_eval_then_rerun_scores_only_the_missing_cells(tmp_path, t
     assert len(calls) == cells - 2
     assert numbers(out) == numbers(reference)
     assert not journal.exists()
+
+
+# ---------------------------------------------------------------- accelerator memory
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "79.19 GiB of which 1.02 GiB is free.\nIncluding non-PyTorch memory, ...")
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_out_of_accelerator_memory_is_one_line_naming_what_to_lower(command, tmp_path, tiny_model_dir, data_dir,
+                                                                     monkeypatch, capsys):
+    """torch.OutOfMemoryError (what CUDA raises when an allocation fails, simulated here) is a setting too large for
+    the device, not a bug: one line naming the knobs, exit 2, no traceback, nothing written as finished."""
+    from maml_en_llm import evaluate, train
+
+    if command == "eval":
+        monkeypatch.setattr(evaluate, "predict", _oom)
+        args = ["eval", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--split", "tiny", "--out",
+                str(tmp_path / "out"), "--k", "1", "--seeds", "100", "--max-test", "2"]
+    else:
+        monkeypatch.setattr(train, "task_function", lambda *a, **k: _oom)
+        args = ["train", "--method", "metaicl", "--model", str(tiny_model_dir), "--data-dir", str(data_dir),
+                "--split", "tiny", "--out", str(tmp_path / "out"), "--logger", "none", "steps=2", "k=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(lines) == 1
+    assert lines[0].startswith("error: out of accelerator memory (CUDA out of memory. Tried to allocate 2.00 GiB.")
+    assert "lower --batch-size" in lines[0] and "compare --jobs" in lines[0] and "Including" not in lines[0]
+    assert not (tmp_path / "out" / "results.json").exists() and not (tmp_path / "out" / "final").exists()
+
+
+def test_other_runtime_errors_keep_their_traceback(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """Only the out-of-memory class is turned into a one-line error; any other RuntimeError is a bug."""
+    from maml_en_llm import evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(evaluate, "predict", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(["eval", "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--split", "tiny", "--out",
+              str(tmp_path / "out"), "--k", "1", "--seeds", "100", "--max-test", "2"])

@@ -322,6 +322,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
         run_export(args, command_line)
 
 
+def _out_of_device_memory(err: BaseException) -> bool:
+    """An accelerator allocation failure (`torch.OutOfMemoryError`, raised by CUDA): the settings asked for more
+    memory than the device has, not a bug."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(err, torch.OutOfMemoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -333,6 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if not _out_of_device_memory(err):
+            raise  # anything else is a bug: keep its traceback
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: out of accelerator memory ({reason[:160]}); lower --batch-size (evaluation), the recipe's "
+              "tasks_per_step, support_size or query_size (training), or compare --jobs, then run the same command "
+              "again (train: with --resume; finished runs and evaluations are reused)", file=sys.stderr)
+        return 2
     except OSError as err:
         if err.errno not in ENVIRONMENT_ERRNOS:
             raise  # anything else is a bug: keep its traceback
