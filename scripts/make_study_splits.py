@@ -6,7 +6,9 @@ Rule: a study split keeps a setting's training tasks unchanged and its test task
 MIN_TEST test examples, so every test task can be scored on 100 examples per seed (docs/results.md explains
 why: the power to see a 2-point difference). `unseen_domain_test` keeps the setting's unseen-domain tasks that
 pass the same rule. `social-k16` is `social` less the training tasks whose pool is too small for k = 16 episodes
-(a support and a query instance from disjoint halves need 2 x (16 + 1) = 34 examples).
+(a support and a query instance from disjoint halves need 2 x (16 + 1) = 34 examples). `survey` lists every test
+task of the built-in settings that passes MIN_TEST, with no training tasks: it is for scoring the untrained model
+(docs/results.md, section 6), not for training.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from maml_en_llm.paths import default_data_dir  # noqa: E402
-from maml_en_llm.tasks import load_pool, load_split, load_test  # noqa: E402
+from maml_en_llm.tasks import builtin_split_names, load_pool, load_split, load_test  # noqa: E402
 
 MIN_TEST = 100
 K16_POOL = 2 * (16 + 1)
@@ -44,6 +46,16 @@ def main() -> None:
                        train=[t for t in body["train"] if len(load_pool(data_dir, t)) >= K16_POOL])
             (out / "social-k16.json").write_text(json.dumps(k16, indent=1) + "\n")
             print(f"social-k16: {len(k16['train'])} train")
+    write_survey(data_dir, out)
+
+
+def write_survey(data_dir: Path, out: Path) -> None:
+    tasks = sorted({t for name in builtin_split_names() for t in load_split(name).test})
+    test = [t for t in tasks if len(load_test(data_dir, t, 100)) >= MIN_TEST]
+    body = {"about": f"every test task of the built-in settings with >= {MIN_TEST} test examples; untrained "
+                     "evaluation only", "train": [], "test": test, "unseen_domain_test": []}
+    (out / "survey.json").write_text(json.dumps(body, indent=1) + "\n")
+    print(f"survey: {len(test)} test tasks")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,7 +164,7 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
                          "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])
 
 
-def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path):
+def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path, capsys):
     """scripts/floors.py on hand-made tasks: 3 x "yes" and 1 x "no" -> predicting "yes" everywhere gives
     F1(yes) = 2 x 0.75 x 1 / 1.75 and F1(no) = 0, Macro-F1 42.86; multi-choice with 2 and 4 options -> 37.5."""
     import importlib.util
@@ -190,3 +191,19 @@ def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(
     assert result["mc"] == ("multi-choice", pytest.approx(37.5))
     # the first 2 examples are both "yes": "yes" everywhere is right everywhere (Macro-F1 over the gold labels)
     assert floors.floors(data, "s", [1], 2)["cls"][1] == pytest.approx(100.0)
+    # --examples dev reads the dev files: here one "yes" and one "no", so a constant label gets 2/3 / 2 F1
+    (data / "cls" / "cls_16_1_dev.jsonl").write_text("".join(
+        json.dumps({"task": "cls", "input": "d", "output": out, "options": ["no", "yes"]}) + "\n" for out in ("yes", "no")))
+    shutil.copy(data / "mc" / "mc_16_1_test.jsonl", data / "mc" / "mc_16_1_dev.jsonl")
+    assert floors.floors(data, "s", [1], None, "dev")["cls"][1] == pytest.approx(100 * (2 / 3) / 2)
+
+    # eval results beside the floors: the margin over the floor and the ICL gain per task
+    results = {"tasks": {"cls": {"mean": 50.0}, "mc": {"mean": 40.0}}}
+    zero = {"result": {"tasks": {"cls": {"mean": 45.0}, "mc": {"mean": 41.5}}}}
+    (tmp_path / "icl.json").write_text(json.dumps(results))
+    (tmp_path / "zero.json").write_text(json.dumps(zero))
+    assert floors.main(["--split", "s", "--data-dir", str(data), "--seeds", "1,2", "--icl", str(tmp_path / "icl.json"),
+                        "--zero-shot", str(tmp_path / "zero.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "cls\tclassification\t42.9\t50.0\t+7.1\t45.0\t+5.0"
+    assert lines[2] == "mc\tmulti-choice\t37.5\t40.0\t+2.5\t41.5\t-1.5"
