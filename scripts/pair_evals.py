@@ -17,22 +17,18 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from statistics import fmean as mean
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from maml_en_llm.compare_report import _task_means, detectable_difference  # noqa: E402
-from maml_en_llm.metrics import paired_test, result_cells, seed_test  # noqa: E402
+from maml_en_llm.compare_report import cell_and_task_tests  # noqa: E402
+from maml_en_llm.metrics import result_cells, seed_test  # noqa: E402
 
 
 def load_cells(path: str) -> dict:
     body = json.loads(Path(path).read_text())
     return result_cells(body.get("result", body))
-
-
-def mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values)
 
 
 def gain(icl: dict, zero_shot: dict) -> dict:
@@ -48,11 +44,8 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
     lines = [f"## {name}", f"untrained {mean(base.values()):.2f}; trained, mean of {len(seeds)} seeds "
              f"{mean(per_seed):.2f}; per seed {' / '.join(f'{m:.2f}' for m in per_seed)}"
              + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
-    by_cell = paired_test(seed_mean_cells, base)
-    by_cell_mde = detectable_difference([seed_mean_cells[c] - base[c] for c in cells])
-    a_tasks, b_tasks = _task_means(seed_mean_cells), _task_means(base)
-    by_task = paired_test(a_tasks, b_tasks)
-    by_task_mde = detectable_difference([a_tasks[t] - b_tasks[t] for t in sorted(a_tasks)])
+    by_cell = cell_and_task_tests(seed_mean_cells, base)
+    by_task = by_cell["by_task"]
     by_seed = seed_test(per_seed, mean(base.values()))
 
     def ci(result: dict) -> str:
@@ -63,9 +56,10 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
         return "-" if value is None else f"{value:.2f}"
 
     lines += [f"seed mean - untrained {by_cell['mean_diff']:+.2f}",
-              f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, MDE {mde(by_cell_mde)}",
+              f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, "
+              f"MDE {mde(by_cell['mde_80'])}",
               f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
-              f"MDE {mde(by_task_mde)}",
+              f"MDE {mde(by_task['mde_80'])}",
               f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
               f"MDE {mde(by_seed['mde'])}"]
     return lines

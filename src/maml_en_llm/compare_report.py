@@ -113,6 +113,21 @@ def _task_means(cells: dict) -> dict:
     return {task: sum(values) / len(values) for task, values in sums.items()}
 
 
+def cell_and_task_tests(cells_a: dict, cells_b: dict) -> dict:
+    """`paired_test` of a - b over their common (task, seed) cells, with the smallest difference it detects at 80%
+    power (`mde_80`), and the same over task means (`by_task`: p_value_t, ci95, n, mde_80)."""
+    result = paired_test(cells_a, cells_b)
+    common = sorted(set(cells_a) & set(cells_b))
+    result["mde_80"] = detectable_difference([cells_a[c] - cells_b[c] for c in common])
+    # one pair per task: the seeds of a task share its test examples, so its cells are not independent
+    means_a, means_b = _task_means(cells_a), _task_means(cells_b)
+    by_task = paired_test(means_a, means_b)
+    result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"],
+                         "mde_80": detectable_difference([means_a[t] - means_b[t]
+                                                          for t in sorted(set(means_a) & set(means_b))])}
+    return result
+
+
 def _pairs(rows: list[dict], sweep: bool) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
     """Which rows the paired tests compare, and the headline pair. Without a sweep: MAML-en-LLM (maml, else fomaml,
     else the first trained method) against every other row, MetaICL first (the headline); with --train-seeds these
@@ -161,17 +176,9 @@ def paired_tests(rows: list[dict], split: Split, sweep: bool) -> tuple[list[dict
             for subset in SUBSETS:
                 if not tasks[subset]:
                     continue
-                cells_a = _cells(by_label[a]["eval"][block], tasks[subset])
-                cells_b = _cells(by_label[b]["eval"][block], tasks[subset])
-                result = paired_test(cells_a, cells_b)
-                common = sorted(set(cells_a) & set(cells_b))
-                result["mde_80"] = detectable_difference([cells_a[c] - cells_b[c] for c in common])
-                # one pair per task: the seeds of a task share its test examples, so its cells are not independent
-                means_a, means_b = _task_means(cells_a), _task_means(cells_b)
-                by_task = paired_test(means_a, means_b)
-                result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"],
-                                     "mde_80": detectable_difference([means_a[t] - means_b[t]
-                                                                      for t in sorted(set(means_a) & set(means_b))])}
+                result = cell_and_task_tests(_cells(by_label[a]["eval"][block], tasks[subset]),
+                                             _cells(by_label[b]["eval"][block], tasks[subset]))
+                by_task = result["by_task"]
                 # the verdict is the task-level test; the cells (seeds) decide only when there is a single task
                 level = "tasks" if by_task["n"] >= 2 else "cells"
                 p = by_task["p_value_t"] if level == "tasks" else result["p_value_t"]
