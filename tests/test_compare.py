@@ -626,3 +626,24 @@ def test_a_field_added_later_enters_run_names_only_when_set(tmp_path, tiny_model
     assert metaicl_raised == metaicl and maml_raised != maml
     assert metaicl_batched != metaicl and maml_batched == maml
     assert not (tmp_path / "out").exists()
+
+
+def test_rows_train_on_the_pools_loaded_while_planning(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    """The sequential compare hands each row's planned pools to train(), which then does not read them again (two
+    copies of a large split's pools otherwise); --jobs workers get a plan without pools and load their own."""
+    from maml_en_llm import train as train_module
+    from maml_en_llm.cli import build_parser
+
+    loads = []
+    real = train_module.load_training_tasks
+    monkeypatch.setattr(train_module, "load_training_tasks", lambda *a, **kw: loads.append(1) or real(*a, **kw))
+    assert main(compare_args(tiny_model_dir, data_dir, tmp_path / "out", methods="none,metaicl")) == 0
+    assert loads == [] and next((tmp_path / "out" / "runs").glob("metaicl-*/final/config.json"))
+
+    args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out2", "--jobs", "2"))
+    plan = compare_module.plan_compare(args, "compare")
+    light = compare_module.worker_plan(plan)
+    assert all(row.tasks is None for row in light.rows)
+    assert all(row.tasks for row in plan.rows if row.method != "none")  # the parent's plan keeps them
+    assert [(r.label, r.run_name, r.config, r.evals) for r in light.rows] == [
+        (r.label, r.run_name, r.config, r.evals) for r in plan.rows]

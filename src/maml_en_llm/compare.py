@@ -93,7 +93,7 @@ def train_row(plan: Plan, row: Row, position: str, progress: bool = True) -> dic
         started = time.perf_counter()
         train(row.config, model_name=plan.model, data_dir=plan.data_dir, split=plan.split_spec, out_dir=run_dir,
               resume=True, device=plan.device, dtype=plan.dtype, command=plan.command,
-              progress=progress, allow_train_test_overlap=plan.allow_train_test_overlap)
+              progress=progress, allow_train_test_overlap=plan.allow_train_test_overlap, tasks=row.tasks)
         seconds = time.perf_counter() - started
         release_memory()  # the next row trains, or the evaluations run, in this process
         before = json.loads(timing_path.read_text())["wall_seconds"] if timing_path.exists() else 0.0
@@ -179,6 +179,12 @@ def _row_work(plan: Plan, index: int, threads: int | None) -> str:
     return row.label
 
 
+def worker_plan(plan: Plan) -> Plan:
+    """The plan as sent to each `--jobs` worker: without the training pools loaded while planning, which every
+    submitted task would otherwise copy (pickled) into its worker; a worker's training loads its own row's pools."""
+    return dataclasses.replace(plan, rows=[dataclasses.replace(row, tasks=None) for row in plan.rows])
+
+
 def _needs_work(plan: Plan, row: Row) -> bool:
     unfinished = row.method != BASE and not _run_finished(plan, row)
     return unfinished or any(_cached_eval(plan, row, variant) is None for variant in row.evals)
@@ -208,8 +214,9 @@ def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
     print(f"== {len(pending)} row{'s' if len(pending) != 1 else ''} to train or evaluate in {workers} worker "
           f"processes (--jobs {jobs})", flush=True)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    light = worker_plan(plan)
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_row_work, plan, i, threads) for i in pending]
+        futures = [pool.submit(_row_work, light, i, threads) for i in pending]
         try:
             for future in concurrent.futures.as_completed(futures):
                 print(f"== worker finished {future.result()}", flush=True)

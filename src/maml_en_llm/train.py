@@ -225,10 +225,12 @@ def _schedule(config: TrainConfig):
 
 def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split: str, out_dir: Path,
           resume: bool = False, device: str | None = None, dtype: str = "float32", command: str | None = None,
-          progress: bool = True, allow_train_test_overlap: bool = False, logger: str = "tensorboard") -> Path:
+          progress: bool = True, allow_train_test_overlap: bool = False, logger: str = "tensorboard",
+          tasks: list[TaskData] | None = None) -> Path:
     """Meta-train and return the final HF folder. `allow_train_test_overlap` accepts a split whose train and test
     lists share tasks (refused otherwise); run.json records it. `logger`: tensorboard | wandb | none
-    (tracking.py)."""
+    (tracking.py). `tasks`: the training tasks exactly as `load_training_tasks` gives them for this config, data
+    and split, from a caller that has loaded them already (compare), so the pools are not held twice."""
     from .models import pick_device, save_model
 
     dtype = check_update_dtype(dtype)
@@ -245,7 +247,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
         for note in config.unused_fields():
             print(f"note: {note}", file=sys.stderr)
     # bad data fails here, before the model loads
-    tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)
+    if tasks is None:
+        tasks = load_training_tasks(config, data_dir, split, allow_train_test_overlap)
     validation = load_validation(config, data_dir, split) if config.eval_every else None
     checkpoint = _resume_checkpoint(out_dir) if resume else None
     main_rank = distributed.is_main()
