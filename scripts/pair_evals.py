@@ -8,6 +8,7 @@ Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--
 training seed, in the same order. Prints, for ICL, 0-shot and ICL gain (ICL - 0-shot, cell by cell): the untrained
 mean, each seed's mean and their SD, then the seed mean - untrained over task x seed cells, over task means and
 across training seeds, with the smallest difference each detects with 80% power: the tests of compare.md.
+`--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
 """
 
 from __future__ import annotations
@@ -65,12 +66,33 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
     return lines
 
 
+def task_means(cells: dict) -> dict[str, float]:
+    tasks = sorted({task for task, _ in cells})
+    return {task: mean(v for (t, _), v in cells.items() if t == task) for task in tasks}
+
+
+def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[dict]) -> list[str]:
+    """Markdown: each task's untrained and trained (mean over training seeds) ICL, 0-shot and ICL gain."""
+    def trained(runs: list[dict]) -> dict[str, float]:
+        by_run = [task_means(run) for run in runs]
+        return {task: mean(m[task] for m in by_run) for task in by_run[0]}
+
+    columns = [task_means(base_icl), trained(icl), task_means(base_zero), trained(zero)]
+    lines = ["| task | untrained ICL | trained ICL | untrained 0-shot | trained 0-shot | untrained gain | trained gain |",
+             "|---|---|---|---|---|---|---|"]
+    for task in columns[0]:
+        a, b, c, d = (column[task] for column in columns)
+        lines.append(f"| {task} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {a - c:+.1f} | {b - d:+.1f} |")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-icl", required=True)
     parser.add_argument("--base-zero-shot", required=True)
     parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
     parser.add_argument("--zero-shot", nargs="+", required=True, help="one file per training seed, same order")
+    parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
     args = parser.parse_args(argv)
     if len(args.icl) != len(args.zero_shot):
         parser.error("--icl and --zero-shot need one file per training seed each")
@@ -78,6 +100,8 @@ def main(argv=None) -> int:
     icl, zero = [load_cells(f) for f in args.icl], [load_cells(f) for f in args.zero_shot]
     out = report("ICL", base_icl, icl) + report("0-shot", base_zero, zero)
     out += report("ICL gain", gain(base_icl, base_zero), [gain(a, b) for a, b in zip(icl, zero)])
+    if args.per_task:
+        out += ["## per task"] + per_task_table(base_icl, base_zero, icl, zero)
     print("\n".join(out))
     return 0
 

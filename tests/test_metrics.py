@@ -156,7 +156,14 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
     low, high = by_task["ci95"]
     assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in icl
     assert "seed mean - untrained +0.50" in zero_shot and "untrained +2.17" in icl_gain
-    assert "across 2 training seeds" in icl_gain
+    assert "across 2 training seeds" in icl_gain and "## per task" not in out
+
+    assert pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"], "--per-task",
+                            "--icl", files["a"], files["b"], "--zero-shot", files["za"], files["zb"]]) == 0
+    table = capsys.readouterr().out.split("## per task\n")[1].splitlines()
+    # t1: untrained 41.5; seeds +1 and +3 -> 43.5; zero-shot 30 and the seeds' 30 / 31 -> 30.5
+    assert table[2] == "| t1 | 41.5 | 43.5 | 30.0 | 30.5 | +11.5 | +13.0 |"
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| t1", "| t2", "| t3"]
 
     short = _eval_file(tmp_path / "short.json", dict(list(seed_a.items())[:4]), True)
     with pytest.raises(SystemExit, match="the same task x seed cells"):
