@@ -23,7 +23,7 @@ from statistics import fmean as mean
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from maml_en_llm.compare_report import cell_and_task_tests  # noqa: E402
+from maml_en_llm.compare_report import cell_and_task_tests, task_means  # noqa: E402
 from maml_en_llm.metrics import result_cells, seed_test  # noqa: E402
 
 
@@ -66,11 +66,6 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
     return lines
 
 
-def task_means(cells: dict) -> dict[str, float]:
-    tasks = sorted({task for task, _ in cells})
-    return {task: mean(v for (t, _), v in cells.items() if t == task) for task in tasks}
-
-
 def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[dict]) -> list[str]:
     """Markdown: each task's untrained and trained (mean over training seeds) ICL, 0-shot and ICL gain."""
     def trained(runs: list[dict]) -> dict[str, float]:
@@ -80,7 +75,7 @@ def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[
     columns = [task_means(base_icl), trained(icl), task_means(base_zero), trained(zero)]
     lines = ["| task | untrained ICL | trained ICL | untrained 0-shot | trained 0-shot | untrained gain | trained gain |",
              "|---|---|---|---|---|---|---|"]
-    for task in columns[0]:
+    for task in sorted(columns[0]):
         a, b, c, d = (column[task] for column in columns)
         lines.append(f"| {task} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {a - c:+.1f} | {b - d:+.1f} |")
     return lines

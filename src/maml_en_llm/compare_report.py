@@ -105,7 +105,7 @@ def _cells(block: dict, tasks: list[str]) -> dict:
     return {cell: value for cell, value in result_cells(block).items() if cell[0] in tasks}
 
 
-def _task_means(cells: dict) -> dict:
+def task_means(cells: dict) -> dict:
     """{task: mean over its seeds} of {(task, seed): value} cells."""
     sums: dict[str, list[float]] = {}
     for (task, _), value in cells.items():
@@ -120,7 +120,7 @@ def cell_and_task_tests(cells_a: dict, cells_b: dict) -> dict:
     common = sorted(set(cells_a) & set(cells_b))
     result["mde_80"] = detectable_difference([cells_a[c] - cells_b[c] for c in common])
     # one pair per task: the seeds of a task share its test examples, so its cells are not independent
-    means_a, means_b = _task_means(cells_a), _task_means(cells_b)
+    means_a, means_b = task_means(cells_a), task_means(cells_b)
     by_task = paired_test(means_a, means_b)
     result["by_task"] = {"p_value_t": by_task["p_value_t"], "ci95": by_task["ci95"], "n": by_task["n"],
                          "mde_80": detectable_difference([means_a[t] - means_b[t]
