@@ -406,3 +406,54 @@ def test_meta_step_hands_a_batched_task_function_all_its_tasks_at_once():
     assert batched_stats["grad_norm"] == pytest.approx(plain_stats["grad_norm"], rel=1e-10)
     for name in plain:
         torch.testing.assert_close(batched[name], plain[name], rtol=1e-10, atol=1e-13)
+
+
+def test_fresh_inner_adam_matches_torch_adam_and_starts_over_for_every_task(model, device):
+    """inner_optimizer=adam against torch.optim.Adam on a copy of the module (zero moments, bias correction from
+    step 1), two inner steps; a second task gets the same fresh start, not the first task's moments."""
+    params = params_of(model)
+    ep = episode()
+    lr, betas, eps = 1e-2, (0.9, 0.999), 1e-8
+    inner = InnerOptimizer("adam", lr, betas, eps)
+    ref = copy.deepcopy(model)
+    opt = torch.optim.Adam(ref.parameters(), lr=lr, betas=betas, eps=eps)
+    for _ in range(2):
+        opt.zero_grad()
+        mean_loss(ref, collate(ep.support, PAD).to(device)).backward()
+        opt.step()
+    ref.zero_grad()
+    mean_loss(ref, collate(ep.query, PAD).to(device)).backward()
+    for _ in range(2):  # the same InnerOptimizer twice: each task starts from zero moments
+        result = maml_task(model, params, ep, PAD, inner, 2, first_order=True)
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(result.grads[name], p.grad, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "shared-adam-copy"])
+def test_shared_adam_copy_and_the_others_leave_every_outer_state_tensor_alone(model, kind):
+    """Not just exp_avg: exp_avg_sq and step too, on the first-order paths (fomaml, reptile) where the private
+    moments of a non-final inner step are updated without a graph."""
+    params = params_of(model)
+    opt = filled_adamw(params)
+    before = snapshot(opt)
+    inner = InnerOptimizer(kind, 1e-2, shared=opt, shared_params=params)
+    for first_order in (True, False):
+        maml_task(model, params, episode(), PAD, inner, 3, first_order=first_order)
+    reptile_task(model, params, episode(), PAD, inner, 3)
+    for p in params.values():
+        for key, value in before[p].items():
+            assert torch.equal(opt.state[p][key], value), key
+
+
+@pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
+def test_inner_loss_is_the_loss_before_adapting(model, device, method):
+    """TaskResult.inner_loss is the support loss at theta (reptile: support + query), before the first of
+    several inner steps, not after one of them."""
+    params = params_of(model)
+    ep = episode()
+    step_task = task_function(method, InnerOptimizer("sgd", 0.5), 3)
+    result = collected(step_task)(model, params, ep, PAD)
+    batch = ep.support + ep.query if method == "reptile" else ep.support
+    with torch.no_grad():
+        expected = mean_loss(model, collate(batch, PAD).to(device)).item()
+    assert result.inner_loss == pytest.approx(expected, rel=1e-12)

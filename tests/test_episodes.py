@@ -89,3 +89,11 @@ def test_parts_are_sized_by_need_and_small_pools_fail_naming_the_task():
 def test_fewer_tasks_than_tasks_per_step_repeats_tasks():
     episode = sample_indices([40, 40], 0, seed=0, tasks_per_step=5, k=2, support_size=1, query_size=1)
     assert len(episode) == 5 and {entry.task for entry in episode} <= {0, 1}
+
+
+def test_as_many_tasks_as_tasks_per_step_takes_every_task_once_per_step():
+    """Sampling with replacement is only for splits with *fewer* tasks than tasks_per_step: with exactly as many,
+    every step holds each task once."""
+    for step in range(20):
+        episode = sample_indices([40] * 5, step, seed=0, tasks_per_step=5, k=2, support_size=1, query_size=1)
+        assert sorted(entry.task for entry in episode) == [0, 1, 2, 3, 4]

@@ -101,3 +101,16 @@ def test_ict_symbol_training_renames_label_words_in_the_instruction(tokenizer):
                 assert label_words <= set(SYMBOLS) and not set(words) & set(CLASSES)
             else:
                 assert label_words == set(CLASSES)
+
+
+def test_symbol_training_draws_a_new_mapping_every_step(tokenizer):
+    """One mapping per task *and step*: a mapping fixed for the whole run could be learned, defeating the point."""
+    def mapping(step):
+        support, query = _episode(tokenizer, "symbols", step)
+        pairs = {(CLASSES[int(w[4:]) % 3], text[i + 1]) for text in support + query
+                 for i, w in enumerate(text) if w.startswith("text")}
+        assert len(pairs) == len({gold for gold, _ in pairs})  # one symbol per class within the step
+        return frozenset(pairs)
+
+    mappings = [mapping(step) for step in range(6)]
+    assert len(set(mappings)) > 1

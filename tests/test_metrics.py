@@ -214,3 +214,11 @@ def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "cls\tclassification\t42.9\t50.0\t+7.1\t45.0\t+5.0"
     assert lines[2] == "mc\tmulti-choice\t37.5\t40.0\t+2.5\t41.5\t-1.5"
+
+
+def test_paired_test_with_one_constant_nonzero_difference_is_certain():
+    """a beats b by exactly 2 in every cell: no spread, so the t-test's p-value is 0 and
+    the interval collapses onto the difference."""
+    result = paired_test([3.0, 4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 4.0])
+    assert result["mean_diff"] == 2.0 and result["ci95"] == [2.0, 2.0]
+    assert result["p_value_t"] == 0.0 and result["n"] == 4
