@@ -213,6 +213,17 @@ case "${1:-}" in
       maml-en-llm eval --split study/splits/headroom.json --k "$k" --seeds 100,13,21,42,87 --examples dev \
         --prompt channel --out "$OUT/headroom-dev/channel-k$k"
     done ;;
+  # Section 6: gemma3-270m (base) on headroom's dev examples, direct (the default model: the survey above)
+  headroom-gemma-dev)
+    for k in 4 0; do
+      maml-en-llm eval --split study/splits/headroom.json --model gemma3-270m --k "$k" --seeds 100,13,21,42,87 \
+        --examples dev --out "$OUT/headroom-dev/gemma-k$k"
+    done ;;
+  # Section 6: section 1's MetaICL recipe on headroom with gemma3-270m (base) as the model of both rows
+  headroom-gemma)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
+      --model gemma3-270m --config study/recipes/lora-k4.yaml --methods none,metaicl --diagnostics zero-shot \
+      --budget tokens=100000 "${EVAL[@]}" --jobs 2 --out "$OUT/headroom-gemma" ;;
   # Table 3: exploratory MetaICL runs with in-training validation (LABELS: gold, random or symbols;
   # PROMPT: direct or channel); the learning curve is RUN/validation.jsonl
   explore)
@@ -220,5 +231,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-channel-dev|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
