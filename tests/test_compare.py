@@ -424,7 +424,7 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     out = tmp_path / "out"
     assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
     assert calls == {"train": [], "evaluate": []}
-    assert "3 rows to train or evaluate in 3 worker processes" in capsys.readouterr().out
+    assert "(3 rows to train or evaluate) in 3 worker processes" in capsys.readouterr().out
     assert {p.name for p in (out / "runs").iterdir()} == {p.name for p in (first_run / "runs").iterdir()}
     assert {p.name for p in (out / "evals").iterdir()} == {p.name for p in (first_run / "evals").iterdir()}
     parallel, sequential = (json.loads((d / "compare.json").read_text())["rows"] for d in (out, first_run))
@@ -440,7 +440,7 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     # a run whose final model is gone while its evaluations are still cached is trained again by a worker too
     shutil.rmtree(next((out / "runs").glob("metaicl-*")) / "final")
     assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
-    assert "1 row to train or evaluate in 1 worker processes" in capsys.readouterr().out
+    assert "1 work item (1 row to train or evaluate) in 1 worker processes" in capsys.readouterr().out
     assert calls == {"train": [], "evaluate": []} and next((out / "runs").glob("metaicl-*/final/config.json"))
 
 
@@ -455,14 +455,28 @@ def test_jobs_evaluate_the_untrained_row_first(tmp_path, tiny_model_dir, data_di
     assert labels[0] == "none" and sorted(labels[1:]) == sorted(r.label for r in plan.rows if r.label != "none")
 
 
-def _worker_that_dies(plan, index, threads):
+def test_jobs_run_each_evaluation_as_its_own_work_item_once_its_row_is_trained(tmp_path, tiny_model_dir, data_dir):
+    """A row's in-context and diagnostic evaluations are separate items, so --jobs 2 runs them side by side; a
+    trained row's evaluations wait for its training, the untrained row's start at once."""
+    from maml_en_llm.cli import build_parser
+
+    args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2",
+                                                  "--diagnostics", "zero-shot", methods="none,metaicl"))
+    plan = compare_module.plan_compare(args, "compare")
+    none, metaicl = (next(i for i, row in enumerate(plan.rows) if row.label == label) for label in ("none", "metaicl"))
+    ready, after_training = compare_module.work_items(plan)
+    assert ready == [("eval", none, "icl"), ("eval", none, "zero_shot"), ("train", metaicl)]
+    assert after_training == {metaicl: [("eval", metaicl, "icl"), ("eval", metaicl, "zero_shot")]}
+
+
+def _worker_that_dies(plan, item, threads):
     import os
 
     os._exit(3)  # what the kernel's out-of-memory killer leaves behind: no exception, just a dead process
 
 
 def test_a_worker_that_dies_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys):
-    monkeypatch.setattr(compare_module, "_row_work", _worker_that_dies)
+    monkeypatch.setattr(compare_module, "_work", _worker_that_dies)
     args = compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2", methods="none,metaicl")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -470,7 +484,7 @@ def test_a_worker_that_dies_is_a_one_line_error(tmp_path, tiny_model_dir, data_d
     assert not (tmp_path / "out" / "compare.json").exists()
 
 
-def _worker_out_of_memory(plan, index, threads):
+def _worker_out_of_memory(plan, item, threads):
     import torch
 
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
@@ -479,7 +493,7 @@ def _worker_out_of_memory(plan, index, threads):
 def test_a_worker_out_of_accelerator_memory_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, monkeypatch,
                                                                   capsys):
     """The error crosses the process boundary as itself, so the CLI names the memory knobs (--jobs among them)."""
-    monkeypatch.setattr(compare_module, "_row_work", _worker_out_of_memory)
+    monkeypatch.setattr(compare_module, "_work", _worker_out_of_memory)
     args = compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2", methods="none,metaicl")
     assert main(args) == 2
     err = capsys.readouterr().err

@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train every method once per seed; each method's row is the mean over its seeds, and "
                            "the tests count the seeds as a source of noise (docs/compare.md)")
     cmp_.add_argument("--jobs", type=int, default=1, metavar="N",
-                      help="train and evaluate up to N rows at once, each in its own process: fills a GPU that one "
-                           "small model leaves idle (not with --budget seconds; default 1)")
+                      help="up to N trainings and evaluations at once, each in its own process (a row's evaluations "
+                           "once it is trained): fills a GPU that one small model leaves idle (not with --budget "
+                           "seconds; default 1)")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")
     cmp_.add_argument("--allow-train-test-overlap", action="store_true",

@@ -164,19 +164,19 @@ def _validation_curve(plan: Plan, row: Row) -> list[dict]:
 # ---------------------------------------------------------------- --jobs: rows in parallel processes
 
 
-def _row_work(plan: Plan, index: int, threads: int | None) -> str:
-    """One `--jobs` worker task: train row `index` (or resume or reuse it) and run its evaluations. Everything lands
-    in the out folder's caches, from which the parent then tabulates."""
+def _work(plan: Plan, item: tuple, threads: int | None) -> str:
+    """One `--jobs` work item: ("train", i) trains row i (or resumes or reuses its run); ("eval", i, variant) runs
+    one of row i's evaluations. Everything lands in the out folder's caches, from which the parent tabulates."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    row = plan.rows[index]
-    if row.method != BASE:
+    row = plan.rows[item[1]]
+    if item[0] == "train":
         train_row(plan, row, "worker", progress=False)
-    for variant in row.evals:
-        evaluate_row(plan, row, variant, "worker", progress=False)
-    return row.label
+        return f"{row.label} (training)"
+    evaluate_row(plan, row, item[2], "worker", progress=False)
+    return f"{row.label} ({item[2]})"
 
 
 def worker_plan(plan: Plan) -> Plan:
@@ -198,33 +198,57 @@ def work_order(plan: Plan) -> list[int]:
     return sorted(pending, key=lambda i: plan.rows[i].method != BASE)
 
 
+def work_items(plan: Plan) -> tuple[list[tuple], dict[int, list[tuple]]]:
+    """The `--jobs` work left, as items for `_work`: those that can start at once, in `work_order` (the untrained
+    row's evaluations first), and for each row still to train, the evaluations that start when its training ends.
+    Each evaluation is an item of its own, so a row's in-context and diagnostic evaluations run side by side."""
+    ready, after_training = [], {}
+    for i in work_order(plan):
+        row = plan.rows[i]
+        evals = [("eval", i, variant) for variant in row.evals if _cached_eval(plan, row, variant) is None]
+        if row.method != BASE and not _run_finished(plan, row):
+            ready.append(("train", i))
+            after_training[i] = evals
+        else:
+            ready.extend(evals)
+    return ready, after_training
+
+
 def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
-    """Train and evaluate up to `jobs` rows at once, each in its own spawned process (one model per process, all on
-    plan.device). On one GPU this fills the device that a single small-model process leaves idle; on CPU the cores
-    are split between the processes unless OMP_NUM_THREADS is set."""
+    """Train and evaluate in up to `jobs` spawned processes at once (one model per process, all on plan.device):
+    each training, and each evaluation once its row is trained, is one work item. On one GPU this fills the device
+    that a single small-model process leaves idle; on CPU the cores are split between the processes unless
+    OMP_NUM_THREADS is set."""
     import concurrent.futures
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
-    pending = work_order(plan)
-    if not pending:
+    ready, after_training = work_items(plan)
+    if not ready:
         return
-    workers = min(jobs, len(pending))
+    total = len(ready) + sum(len(items) for items in after_training.values())
+    rows = len({item[1] for item in ready})
+    workers = min(jobs, total)
     threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // workers)
-    print(f"== {len(pending)} row{'s' if len(pending) != 1 else ''} to train or evaluate in {workers} worker "
-          f"processes (--jobs {jobs})", flush=True)
+    print(f"== {total} work item{'s' if total != 1 else ''} ({rows} row{'s' if rows != 1 else ''} to train or "
+          f"evaluate) in {workers} worker processes (--jobs {jobs})", flush=True)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     light = worker_plan(plan)
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_row_work, light, i, threads) for i in pending]
+        futures = {pool.submit(_work, light, item, threads): item for item in ready}
         try:
-            for future in concurrent.futures.as_completed(futures):
-                print(f"== worker finished {future.result()}", flush=True)
+            while futures:
+                done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    item = futures.pop(future)
+                    print(f"== worker finished {future.result()}", flush=True)
+                    for follow in after_training.get(item[1], []) if item[0] == "train" else []:
+                        futures[pool.submit(_work, light, follow, threads)] = follow
         except BrokenProcessPool:
             raise UserError(f"compare --jobs {jobs}: a worker process died (out of memory?); run the same command "
                             f"again with fewer --jobs: finished runs and evaluations are kept") from None
         except BaseException:
-            for future in futures:  # rows not started yet are dropped; those running finish and are kept
+            for future in futures:  # items not started yet are dropped; those running finish and are kept
                 future.cancel()
             raise
 
