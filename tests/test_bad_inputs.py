@@ -422,6 +422,11 @@ def _(ctx):
     return argv, ["--jobs 4 with --budget seconds"]
 
 
+@case("flag-compare-train-jobs-without-jobs")
+def _(ctx):
+    return compare(ctx, "--train-jobs", "1"), ["--train-jobs 1:", "add --jobs N"]
+
+
 @case("recipe-multitask0-random-labels")
 def _(ctx):
     argv = train(ctx, "train_labels=random")

@@ -327,6 +327,8 @@ def result_cells_of(row, block="icl"):
     (["--train-seeds", "1,2", "--methods", "maml", "seed=3"], "conflicts with --train-seeds"),
     (["--methods", "maml", "--data-dir", "/nonexistent/data"], "data folder not found"),
     (["--jobs", "0"], "--jobs 0: give a number of processes"),
+    (["--jobs", "2", "--train-jobs", "0"], "--train-jobs 0: give a number of processes"),
+    (["--train-jobs", "1"], "without --jobs every training already runs alone"),
 ])
 def test_bad_input_exits_2_before_any_work(tmp_path, tiny_model_dir, data_dir, monkeypatch, capsys, extra, needle):
     calls = count_calls(monkeypatch)
@@ -467,6 +469,34 @@ def test_jobs_run_each_evaluation_as_its_own_work_item_once_its_row_is_trained(t
     ready, after_training = compare_module.work_items(plan)
     assert ready == [("eval", none, "icl"), ("eval", none, "zero_shot"), ("train", metaicl)]
     assert after_training == {metaicl: [("eval", metaicl, "icl"), ("eval", metaicl, "zero_shot")]}
+
+
+def test_train_jobs_hold_trainings_back_and_let_evaluations_use_the_free_workers():
+    """--train-jobs M: at most M running trainings; a held-back training keeps its place in the queue while the
+    evaluations behind it start on the free workers; no worker is filled past --jobs."""
+    start = compare_module.items_to_start
+    train = [("train", 1), ("train", 2), ("train", 3)]
+    assert start(train, [], 2, 2) == train[:2]
+    assert start(train, [], 2, 1) == train[:1]
+    assert start(train + [("eval", 0, "icl")], [("train", 1)], 2, 1) == [("eval", 0, "icl")]
+    assert start([("eval", 1, "icl"), ("train", 2)], [("eval", 0, "icl")], 3, 1) == [("eval", 1, "icl"), ("train", 2)]
+    assert start([("eval", 1, "icl"), ("train", 2)], [("train", 3), ("eval", 0, "icl")], 3, 1) == [("eval", 1, "icl")]
+    assert start(train, [("eval", 0, "icl"), ("eval", 0, "zero_shot")], 2, 2) == []
+
+
+def test_train_jobs_1_trains_one_row_at_a_time_and_gives_the_same_runs(first_run, tmp_path, tiny_model_dir,
+                                                                        data_dir, capfd):
+    """End to end through the worker pool: with --jobs 2 --train-jobs 1 the maml training starts only once the
+    metaicl training has finished, and the runs and evaluation files are those of the sequential compare."""
+    out = tmp_path / "out"
+    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "2",
+                             "--train-jobs", "1")) == 0
+    printed = capfd.readouterr().out
+    assert "in 2 worker processes (--jobs 2, at most 1 training)" in printed
+    first, second = sorted(("metaicl", "maml"), key=lambda m: printed.index(f"== training {m}"))
+    assert printed.index(f"== worker finished {first} (training)") < printed.index(f"== training {second}")
+    assert {p.name for p in (out / "runs").iterdir()} == {p.name for p in (first_run / "runs").iterdir()}
+    assert {p.name for p in (out / "evals").iterdir()} == {p.name for p in (first_run / "evals").iterdir()}
 
 
 def _worker_that_dies(plan, item, threads):

@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="up to N trainings and evaluations at once, each in its own process (a row's evaluations "
                            "once it is trained): fills a GPU that one small model leaves idle (not with --budget "
                            "seconds; default 1)")
+    cmp_.add_argument("--train-jobs", type=int, default=None, metavar="M",
+                      help="with --jobs N: at most M of the N workers train at once, the others evaluate (a "
+                           "training holds several times an evaluation's memory); default N")
     cmp_.add_argument("--config", type=Path, default=None, help="YAML recipe shared by all methods")
     cmp_.add_argument("--out", type=Path, required=True, help="folder for runs, compare.json/.md/.png")
     cmp_.add_argument("--allow-train-test-overlap", action="store_true",

@@ -214,11 +214,26 @@ def work_items(plan: Plan) -> tuple[list[tuple], dict[int, list[tuple]]]:
     return ready, after_training
 
 
-def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
-    """Train and evaluate in up to `jobs` spawned processes at once (one model per process, all on plan.device):
-    each training, and each evaluation once its row is trained, is one work item. On one GPU this fills the device
-    that a single small-model process leaves idle; on CPU the cores are split between the processes unless
-    OMP_NUM_THREADS is set."""
+def items_to_start(pending: list[tuple], running: list[tuple], workers: int, train_jobs: int) -> list[tuple]:
+    """Which pending work items start now, in order: while a worker is free, the next pending item, skipping
+    trainings while `train_jobs` of the running items train (an evaluation behind them may go first)."""
+    chosen, training = [], sum(item[0] == "train" for item in running)
+    for item in pending:
+        if len(running) + len(chosen) >= workers:
+            break
+        if item[0] == "train":
+            if training >= train_jobs:
+                continue
+            training += 1
+        chosen.append(item)
+    return chosen
+
+
+def run_rows_in_parallel(plan: Plan, jobs: int, train_jobs: int | None = None) -> None:
+    """Train and evaluate in up to `jobs` spawned processes at once (one model per process, all on plan.device),
+    at most `train_jobs` of them training: each training, and each evaluation once its row is trained, is one work
+    item. On one GPU this fills the device that a single small-model process leaves idle; on CPU the cores are
+    split between the processes unless OMP_NUM_THREADS is set."""
     import concurrent.futures
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
@@ -229,24 +244,30 @@ def run_rows_in_parallel(plan: Plan, jobs: int) -> None:
     total = len(ready) + sum(len(items) for items in after_training.values())
     rows = len({item[1] for item in ready})
     workers = min(jobs, total)
+    train_jobs = min(train_jobs or workers, workers)
     threads = None if os.environ.get("OMP_NUM_THREADS") else max(1, (os.cpu_count() or 1) // workers)
+    limit = f", at most {train_jobs} training" if train_jobs < workers else ""
     print(f"== {total} work item{'s' if total != 1 else ''} ({rows} row{'s' if rows != 1 else ''} to train or "
-          f"evaluate) in {workers} worker processes (--jobs {jobs})", flush=True)
+          f"evaluate) in {workers} worker processes (--jobs {jobs}{limit})", flush=True)
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     light = worker_plan(plan)
+    pending, futures = list(ready), {}
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_work, light, item, threads): item for item in ready}
         try:
-            while futures:
+            while pending or futures:
+                for item in items_to_start(pending, list(futures.values()), workers, train_jobs):
+                    pending.remove(item)
+                    futures[pool.submit(_work, light, item, threads)] = item
                 done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
                     item = futures.pop(future)
                     print(f"== worker finished {future.result()}", flush=True)
-                    for follow in after_training.get(item[1], []) if item[0] == "train" else []:
-                        futures[pool.submit(_work, light, follow, threads)] = follow
+                    if item[0] == "train":
+                        pending.extend(after_training.get(item[1], []))
         except BrokenProcessPool:
             raise UserError(f"compare --jobs {jobs}: a worker process died (out of memory?); run the same command "
-                            f"again with fewer --jobs: finished runs and evaluations are kept") from None
+                            f"again with fewer --jobs{' or --train-jobs' if train_jobs > 1 else ''}: finished "
+                            "runs and evaluations are kept") from None
         except BaseException:
             for future in futures:  # items not started yet are dropped; those running finish and are kept
                 future.cancel()
@@ -266,7 +287,8 @@ def run_compare(args, command_line: str) -> dict:
           f"budget: {plan.budget['equalised']}, output in {plan.out}", flush=True)
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.jobs > 1:
-        run_rows_in_parallel(plan, plan.jobs)  # then the loops below find every run and evaluation done
+        # then the loops below find every run and evaluation done
+        run_rows_in_parallel(plan, plan.jobs, plan.train_jobs)
 
     train_info = {}
     for n, row in enumerate(trained, start=1):

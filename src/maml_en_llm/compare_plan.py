@@ -61,6 +61,7 @@ class Plan:
     command: str
     allow_train_test_overlap: bool = False
     jobs: int = 1  # rows trained and evaluated at once, each in its own process (compare.run_rows_in_parallel)
+    train_jobs: int | None = None  # at most this many of those processes train at once (None: all of them)
 
 
 # ---------------------------------------------------------------- planning (no writes)
@@ -215,14 +216,21 @@ def parse_diagnostics(names: list[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def parse_jobs(jobs: int, budget_given) -> int:
-    """`--jobs N`: at least 1; not with a seconds budget, whose timing probes must have the device to themselves."""
+def parse_jobs(jobs: int, budget_given, train_jobs: int | None = None) -> tuple[int, int | None]:
+    """`--jobs N` and `--train-jobs M`: N at least 1, not with a seconds budget, whose timing probes must have the
+    device to themselves; M at least 1, and only with N above 1 (it limits how many of the N workers train)."""
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: give a number of processes, 1 or more")
     if jobs > 1 and budget_given and budget_given[0] == "seconds":
         raise UserError(f"--jobs {jobs} with --budget seconds: each method's steps come from timing it, which "
                         "processes sharing the device would distort; use --jobs 1, or a tokens or steps budget")
-    return jobs
+    if train_jobs is not None:
+        if train_jobs < 1:
+            raise UserError(f"--train-jobs {train_jobs}: give a number of processes, 1 or more")
+        if jobs == 1:
+            raise UserError(f"--train-jobs {train_jobs}: limits the trainings among --jobs N workers; without "
+                            "--jobs every training already runs alone, so drop it or add --jobs N")
+    return jobs, train_jobs
 
 
 def plan_compare(args, command_line: str) -> Plan:
@@ -239,7 +247,7 @@ def plan_compare(args, command_line: str) -> Plan:
         raise UserError(f"steps={overrides['steps']}: conflicts with {budget_flag}; drop one of them")
     if sweep and sweep[0] in overrides:
         raise UserError(f"{sweep[0]}={overrides[sweep[0]]}: the field is also swept by --sweep; drop one of them")
-    jobs = parse_jobs(getattr(args, "jobs", 1), budget_given)
+    jobs, train_jobs = parse_jobs(getattr(args, "jobs", 1), budget_given, getattr(args, "train_jobs", None))
     train_seeds = (parse_train_seeds(args.train_seeds, methods, args.sweep, overrides)
                    if getattr(args, "train_seeds", None) else None)
     out = check_output(Path(args.out))
@@ -337,4 +345,4 @@ def plan_compare(args, command_line: str) -> Plan:
                 sweep={"field": sweep[0], "values": sweep[1]} if sweep else None, train_seeds=train_seeds,
                 eval_settings=eval_settings,
                 device=args.device, dtype=args.dtype, command=command_line, allow_train_test_overlap=allow_overlap,
-                jobs=jobs)
+                jobs=jobs, train_jobs=train_jobs)
