@@ -233,7 +233,8 @@ def run_rows_in_parallel(plan: Plan, jobs: int, train_jobs: int | None = None) -
     """Train and evaluate in up to `jobs` spawned processes at once (one model per process, all on plan.device),
     at most `train_jobs` of them training: each training, and each evaluation once its row is trained, is one work
     item. On one GPU this fills the device that a single small-model process leaves idle; on CPU the cores are
-    split between the processes unless OMP_NUM_THREADS is set."""
+    split between the processes unless OMP_NUM_THREADS is set. When an item fails (or on Ctrl-C) no further item
+    starts, and the running ones finish, their results kept, before the error propagates."""
     import concurrent.futures
     import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
@@ -268,10 +269,6 @@ def run_rows_in_parallel(plan: Plan, jobs: int, train_jobs: int | None = None) -
             raise UserError(f"compare --jobs {jobs}: a worker process died (out of memory?); run the same command "
                             f"again with fewer --jobs{' or --train-jobs' if train_jobs > 1 else ''}: finished "
                             "runs and evaluations are kept") from None
-        except BaseException:
-            for future in futures:  # items not started yet are dropped; those running finish and are kept
-                future.cancel()
-            raise
 
 
 # ---------------------------------------------------------------- the command
