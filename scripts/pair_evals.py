@@ -7,7 +7,9 @@ For rows whose evaluations were made apart (on two machines, say), when no singl
 Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--zero-shot` list one file per
 training seed, in the same order. Prints, for ICL, 0-shot and ICL gain (ICL - 0-shot, cell by cell): the untrained
 mean, each seed's mean and their SD, then the seed mean - untrained over task x seed cells, over task means and
-across training seeds, with the smallest difference each detects with 80% power: the tests of compare.md.
+across training seeds (given two or more), with the smallest difference each detects with 80% power: the tests
+of compare.md. The base may be a trained row too (one run of another method, say); the across-seeds test then
+treats that run as fixed, so it leaves out the base's own seed noise.
 `--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
 """
 
@@ -47,7 +49,7 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
              + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
     by_cell = cell_and_task_tests(seed_mean_cells, base)
     by_task = by_cell["by_task"]
-    by_seed = seed_test(per_seed, mean(base.values()))
+    by_seed = seed_test(per_seed, mean(base.values())) if len(per_seed) > 1 else None
 
     def ci(result: dict) -> str:
         low, high = result["ci95"]
@@ -60,9 +62,10 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
               f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, "
               f"MDE {mde(by_cell['mde_80'])}",
               f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
-              f"MDE {mde(by_task['mde_80'])}",
-              f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
-              f"MDE {mde(by_seed['mde'])}"]
+              f"MDE {mde(by_task['mde_80'])}"]
+    if len(per_seed) > 1:  # one training seed has no spread to test against
+        lines.append(f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
+                     f"MDE {mde(by_seed['mde'])}")
     return lines
 
 

@@ -165,6 +165,12 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
     assert table[2] == "| t1 | 41.5 | 43.5 | 30.0 | 30.5 | +11.5 | +13.0 |"
     assert [row.split(" | ")[0] for row in table[2:]] == ["| t1", "| t2", "| t3"]
 
+    # one training seed: the cell and task tests, and no across-seeds line (one mean has no spread)
+    assert pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
+                            "--icl", files["a"], "--zero-shot", files["za"]]) == 0
+    single = capsys.readouterr().out
+    assert "over 3 task means" in single and "across" not in single and "nan" not in single
+
     short = _eval_file(tmp_path / "short.json", dict(list(seed_a.items())[:4]), True)
     with pytest.raises(SystemExit, match="the same task x seed cells"):
         pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
