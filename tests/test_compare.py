@@ -453,7 +453,8 @@ def test_jobs_evaluate_the_untrained_row_first(tmp_path, tiny_model_dir, data_di
     args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2",
                                                   "--train-seeds", "1,2", methods="metaicl,none"))
     plan = compare_module.plan_compare(args, "compare")
-    labels = [plan.rows[i].label for i in compare_module.work_order(plan)]
+    ready, _ = compare_module.work_items(plan)
+    labels = list(dict.fromkeys(plan.rows[item[1]].label for item in ready))
     assert labels[0] == "none" and sorted(labels[1:]) == sorted(r.label for r in plan.rows if r.label != "none")
 
 

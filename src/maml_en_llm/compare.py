@@ -185,25 +185,14 @@ def worker_plan(plan: Plan) -> Plan:
     return dataclasses.replace(plan, rows=[dataclasses.replace(row, tasks=None) for row in plan.rows])
 
 
-def _needs_work(plan: Plan, row: Row) -> bool:
-    unfinished = row.method != BASE and not _run_finished(plan, row)
-    return unfinished or any(_cached_eval(plan, row, variant) is None for variant in row.evals)
-
-
-def work_order(plan: Plan) -> list[int]:
-    """Indices of the rows with work left, in the order workers take them: the untrained row first (every
-    comparison needs it, and it is only evaluated, so a compare cut short by a time limit still has its baseline),
-    then the trained rows in the plan's order."""
-    pending = [i for i, row in enumerate(plan.rows) if _needs_work(plan, row)]
-    return sorted(pending, key=lambda i: plan.rows[i].method != BASE)
-
-
 def work_items(plan: Plan) -> tuple[list[tuple], dict[int, list[tuple]]]:
-    """The `--jobs` work left, as items for `_work`: those that can start at once, in `work_order` (the untrained
-    row's evaluations first), and for each row still to train, the evaluations that start when its training ends.
-    Each evaluation is an item of its own, so a row's in-context and diagnostic evaluations run side by side."""
+    """The `--jobs` work left, as items for `_work`: those that can start at once, and for each row still to train,
+    the evaluations that start when its training ends. Each evaluation is an item of its own, so a row's
+    in-context and diagnostic evaluations run side by side. The untrained row comes first (every comparison needs
+    it, and it is only evaluated, so a compare cut short by a time limit still has its baseline), then the trained
+    rows in the plan's order; rows with nothing left to do give no item."""
     ready, after_training = [], {}
-    for i in work_order(plan):
+    for i in sorted(range(len(plan.rows)), key=lambda i: plan.rows[i].method != BASE):
         row = plan.rows[i]
         evals = [("eval", i, variant) for variant in row.evals if _cached_eval(plan, row, variant) is None]
         if row.method != BASE and not _run_finished(plan, row):
