@@ -49,7 +49,6 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
              + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
     by_cell = cell_and_task_tests(seed_mean_cells, base)
     by_task = by_cell["by_task"]
-    by_seed = seed_test(per_seed, mean(base.values())) if len(per_seed) > 1 else None
 
     def ci(result: dict) -> str:
         low, high = result["ci95"]
@@ -64,6 +63,7 @@ def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
               f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
               f"MDE {mde(by_task['mde_80'])}"]
     if len(per_seed) > 1:  # one training seed has no spread to test against
+        by_seed = seed_test(per_seed, mean(base.values()))
         lines.append(f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
                      f"MDE {mde(by_seed['mde'])}")
     return lines

@@ -433,8 +433,6 @@ def test_fresh_inner_adam_matches_torch_adam_and_starts_over_for_every_task(mode
             torch.testing.assert_close(result.grads[name], p.grad, rtol=1e-8, atol=1e-11)
 
 
-
-
 @pytest.mark.parametrize("method", ["maml", "fomaml", "reptile"])
 def test_inner_loss_is_the_loss_before_adapting(model, device, method):
     """TaskResult.inner_loss is the support loss at theta (reptile: support + query), before the first of
