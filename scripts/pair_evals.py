@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/pair_evals.py --base-icl NONE_ICL.json --base-zero-shot NONE_0SHOT.json \
         --icl SEED1_ICL.json SEED2_ICL.json ... --zero-shot SEED1_0SHOT.json SEED2_0SHOT.json ...
+    .venv/bin/python scripts/pair_evals.py --adapted --base-icl NONE_ADAPTED.json --icl SEED1_ADAPTED.json ...
 
 For rows whose evaluations were made apart (on two machines, say), when no single `compare` folder holds them all.
 Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--zero-shot` list one file per
@@ -11,6 +12,8 @@ across training seeds (given two or more), with the smallest difference each det
 of compare.md. The base may be a trained row too (one run of another method, say); the across-seeds test then
 treats that run as fixed, so it leaves out the base's own seed noise.
 `--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
+`--adapted` runs the first test on the adapted scores instead (the `adapted` block of evaluations made with
+--adapt-steps), with no zero-shot files.
 """
 
 from __future__ import annotations
@@ -29,9 +32,16 @@ from maml_en_llm.compare_report import cell_and_task_tests, task_means  # noqa: 
 from maml_en_llm.metrics import result_cells, seed_test  # noqa: E402
 
 
-def load_cells(path: str) -> dict:
+def load_cells(path: str, block: str | None = None) -> dict:
+    """The task x seed cells of an eval or compare file: its in-context scores, or with block="adapted" its
+    adapted ones."""
     body = json.loads(Path(path).read_text())
-    return result_cells(body.get("result", body))
+    body = body.get("result", body)
+    if block is not None:
+        if not isinstance(body.get(block), dict):
+            raise SystemExit(f"error: {path}: no {block!r} scores; evaluate with --adapt-steps N to get them")
+        body = body[block]
+    return result_cells(body)
 
 
 def gain(icl: dict, zero_shot: dict) -> dict:
@@ -87,11 +97,22 @@ def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-icl", required=True)
-    parser.add_argument("--base-zero-shot", required=True)
+    parser.add_argument("--base-zero-shot")
     parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
-    parser.add_argument("--zero-shot", nargs="+", required=True, help="one file per training seed, same order")
+    parser.add_argument("--zero-shot", nargs="+", help="one file per training seed, same order")
     parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
+    parser.add_argument("--adapted", action="store_true",
+                        help="test the --icl files' adapted scores (made with --adapt-steps) instead")
     args = parser.parse_args(argv)
+    if args.adapted:
+        if args.base_zero_shot or args.zero_shot or args.per_task:
+            parser.error("--adapted tests the adapted scores on their own; drop --base-zero-shot, --zero-shot "
+                         "and --per-task")
+        base, runs = load_cells(args.base_icl, "adapted"), [load_cells(f, "adapted") for f in args.icl]
+        print("\n".join(report("adapted", base, runs)))
+        return 0
+    if args.base_zero_shot is None or args.zero_shot is None:
+        parser.error("--base-zero-shot and --zero-shot are required (without them: --adapted)")
     if len(args.icl) != len(args.zero_shot):
         parser.error("--icl and --zero-shot need one file per training seed each")
     base_icl, base_zero = load_cells(args.base_icl), load_cells(args.base_zero_shot)

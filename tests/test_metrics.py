@@ -177,6 +177,46 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
                          "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])
 
 
+def test_pair_evals_script_tests_the_adapted_scores_on_their_own(tmp_path, capsys):
+    """--adapted reads each file's `adapted` block, not its in-context one; a file without one, or zero-shot files
+    beside --adapted, is an error."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
+    pair_evals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pair_evals)
+    cells = [(t, s) for t in ("t1", "t2", "t3") for s in ("1", "2")]
+
+    def with_adapted(name, icl, adapted):
+        body = {"tasks": {}, "adapted": {"tasks": {}}}
+        for (task, seed), value in icl.items():
+            body["tasks"].setdefault(task, {"per_seed": {}})["per_seed"][seed] = value
+            body["adapted"]["tasks"].setdefault(task, {"per_seed": {}})["per_seed"][seed] = adapted[(task, seed)]
+        (tmp_path / name).write_text(json.dumps({"result": body}))
+        return str(tmp_path / name)
+
+    base = with_adapted("base.json", {c: 40.0 for c in cells}, {c: 41.0 + i for i, c in enumerate(cells)})
+    # in context the trained row is 10 points up; adapted it is 0.5 up on t1 and 2.5 on t2 and t3
+    trained = with_adapted("run.json", {c: 50.0 for c in cells},
+                           {c: 41.0 + i + (0.5 if c[0] == "t1" else 2.5) for i, c in enumerate(cells)})
+    assert pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## adapted") and "seed mean - untrained +1.83" in out and "## 0-shot" not in out
+    by_task = paired_test({"t1": 42.0, "t2": 46.0, "t3": 48.0}, {"t1": 41.5, "t2": 43.5, "t3": 45.5})
+    low, high = by_task["ci95"]
+    assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in out
+
+    plain = _eval_file(tmp_path / "plain.json", {c: 40.0 for c in cells}, True)
+    with pytest.raises(SystemExit, match="plain.json: no 'adapted' scores"):
+        pair_evals.main(["--adapted", "--base-icl", plain, "--icl", trained])
+    with pytest.raises(SystemExit) as refused:
+        pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained, "--zero-shot", plain])
+    assert refused.value.code == 2 and "--adapted tests the adapted scores on their own" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # without --adapted the zero-shot files are needed
+        pair_evals.main(["--base-icl", base, "--icl", trained])
+    assert refused.value.code == 2 and "--base-zero-shot and --zero-shot are required" in capsys.readouterr().err
+
+
 def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path, capsys):
     """scripts/floors.py on hand-made tasks: 3 x "yes" and 1 x "no" -> predicting "yes" everywhere gives
     F1(yes) = 2 x 0.75 x 1 / 1.75 and F1(no) = 0, Macro-F1 42.86; multi-choice with 2 and 4 options -> 37.5."""
