@@ -12,8 +12,8 @@ across training seeds (given two or more), with the smallest difference each det
 of compare.md. The base may be a trained row too (one run of another method, say); the across-seeds test then
 treats that run as fixed, so it leaves out the base's own seed noise.
 `--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
-`--adapted` runs the first test on the adapted scores instead (the `adapted` block of evaluations made with
---adapt-steps), with no zero-shot files.
+Without the zero-shot files only the first test runs. `--adapted` runs it on the adapted scores instead (the
+`adapted` block of evaluations made with --adapt-steps).
 """
 
 from __future__ import annotations
@@ -97,27 +97,30 @@ def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base-icl", required=True)
-    parser.add_argument("--base-zero-shot")
+    parser.add_argument("--base-zero-shot", help="optional: without it (and --zero-shot) only the ICL test runs")
     parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
     parser.add_argument("--zero-shot", nargs="+", help="one file per training seed, same order")
     parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
     parser.add_argument("--adapted", action="store_true",
                         help="test the --icl files' adapted scores (made with --adapt-steps) instead")
     args = parser.parse_args(argv)
-    if args.adapted:
-        if args.base_zero_shot or args.zero_shot or args.per_task:
-            parser.error("--adapted tests the adapted scores on their own; drop --base-zero-shot, --zero-shot "
-                         "and --per-task")
-        base, runs = load_cells(args.base_icl, "adapted"), [load_cells(f, "adapted") for f in args.icl]
-        print("\n".join(report("adapted", base, runs)))
-        return 0
-    if args.base_zero_shot is None or args.zero_shot is None:
-        parser.error("--base-zero-shot and --zero-shot are required (without them: --adapted)")
-    if len(args.icl) != len(args.zero_shot):
+    if args.adapted and (args.base_zero_shot or args.zero_shot or args.per_task):
+        parser.error("--adapted tests the adapted scores on their own; drop --base-zero-shot, --zero-shot and "
+                     "--per-task")
+    if (args.base_zero_shot is None) != (args.zero_shot is None):
+        parser.error("give both --base-zero-shot and --zero-shot, or neither (then only the first test runs)")
+    if args.zero_shot is not None and len(args.icl) != len(args.zero_shot):
         parser.error("--icl and --zero-shot need one file per training seed each")
-    base_icl, base_zero = load_cells(args.base_icl), load_cells(args.base_zero_shot)
-    icl, zero = [load_cells(f) for f in args.icl], [load_cells(f) for f in args.zero_shot]
-    out = report("ICL", base_icl, icl) + report("0-shot", base_zero, zero)
+    if args.per_task and args.zero_shot is None:
+        parser.error("--per-task needs the zero-shot files")
+    block = "adapted" if args.adapted else None
+    base_icl, icl = load_cells(args.base_icl, block), [load_cells(f, block) for f in args.icl]
+    out = report(block or "ICL", base_icl, icl)
+    if args.zero_shot is None:
+        print("\n".join(out))
+        return 0
+    base_zero, zero = load_cells(args.base_zero_shot), [load_cells(f) for f in args.zero_shot]
+    out += report("0-shot", base_zero, zero)
     out += report("ICL gain", gain(base_icl, base_zero), [gain(a, b) for a, b in zip(icl, zero)])
     if args.per_task:
         out += ["## per task"] + per_task_table(base_icl, base_zero, icl, zero)

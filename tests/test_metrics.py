@@ -177,9 +177,9 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
                          "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])
 
 
-def test_pair_evals_script_tests_the_adapted_scores_on_their_own(tmp_path, capsys):
-    """--adapted reads each file's `adapted` block, not its in-context one; a file without one, or zero-shot files
-    beside --adapted, is an error."""
+def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path, capsys):
+    """--adapted reads each file's `adapted` block, not its in-context one; without zero-shot files only that (or
+    the in-context) test runs; a file without an adapted block, or zero-shot files beside --adapted, is an error."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
@@ -212,9 +212,13 @@ def test_pair_evals_script_tests_the_adapted_scores_on_their_own(tmp_path, capsy
     with pytest.raises(SystemExit) as refused:
         pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained, "--zero-shot", plain])
     assert refused.value.code == 2 and "--adapted tests the adapted scores on their own" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as refused:  # without --adapted the zero-shot files are needed
-        pair_evals.main(["--base-icl", base, "--icl", trained])
-    assert refused.value.code == 2 and "--base-zero-shot and --zero-shot are required" in capsys.readouterr().err
+    # without --adapted and without zero-shot files: the in-context test alone (+10 on every cell)
+    assert pair_evals.main(["--base-icl", base, "--icl", trained]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## ICL") and "seed mean - untrained +10.00" in out and "## 0-shot" not in out
+    with pytest.raises(SystemExit) as refused:
+        pair_evals.main(["--base-icl", base, "--icl", trained, "--zero-shot", plain])
+    assert refused.value.code == 2 and "give both --base-zero-shot and --zero-shot" in capsys.readouterr().err
 
 
 def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path, capsys):
