@@ -213,6 +213,19 @@ case "${1:-}" in
     env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
       --config study/recipes/lora-k4.yaml --methods none,metaicl,fomaml,maml --diagnostics zero-shot,random \
       --budget tokens=100000 "${EVAL[@]}" --jobs 2 --train-jobs 1 --out "$OUT/headroom" ;;
+  # Section 6: headroom's models of headroom-methods (copy runs/study/headroom/runs into the --out folder to reuse
+  # them), also fine-tuned on each seed's 4 demonstrations: section 1c's dev-chosen setting (one Adam step at 3e-6)
+  headroom-adapted-dev)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
+      --config study/recipes/lora-k4.yaml --methods none,metaicl,maml --diagnostics none \
+      --budget tokens=100000 --adapt-steps 1 --adapt-lr 3e-6 --adapt-optimizer adam "${EVAL[@]}" --jobs 2 \
+      --out "$OUT/headroom-adapted-dev" ;;
+  # Section 6: equal wall-clock on headroom, 1,000 s each (about MetaICL's 100k tokens there); --budget seconds
+  # times each method alone, so one worker
+  headroom-wallclock)
+    maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl,maml --diagnostics none --budget seconds=1000 "${EVAL[@]}" \
+      --out "$OUT/headroom-wallclock" ;;
   # Section 6: the untrained model with channel scoring on headroom's dev examples (direct: the survey above)
   headroom-channel-dev)
     for k in 4 0; do
@@ -242,5 +255,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-adapted-dev|headroom-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
