@@ -217,7 +217,7 @@ case "${1:-}" in
   # them), also fine-tuned on each seed's 4 demonstrations: section 1c's dev-chosen setting (one Adam step at 3e-6)
   headroom-adapted-dev)
     env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
-      --config study/recipes/lora-k4.yaml --methods none,metaicl,maml --diagnostics none \
+      --config study/recipes/lora-k4.yaml --methods none,metaicl,fomaml,maml --diagnostics none \
       --budget tokens=100000 --adapt-steps 1 --adapt-lr 3e-6 --adapt-optimizer adam "${EVAL[@]}" --jobs 2 \
       --out "$OUT/headroom-adapted-dev" ;;
   # Section 6: equal wall-clock on headroom, 1,000 s each (about MetaICL's 100k tokens there); --budget seconds
