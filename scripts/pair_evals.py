@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/pair_evals.py --base-icl NONE_ICL.json --base-zero-shot NONE_0SHOT.json \
         --icl SEED1_ICL.json SEED2_ICL.json ... --zero-shot SEED1_0SHOT.json SEED2_0SHOT.json ...
-    .venv/bin/python scripts/pair_evals.py --adapted --base-icl NONE_ADAPTED.json --icl SEED1_ADAPTED.json ...
+    .venv/bin/python scripts/pair_evals.py --adapted [--per-task] --base-icl NONE_ADAPTED.json \
+        --icl SEED1_ADAPTED.json ...
 
 For rows whose evaluations were made apart (on two machines, say), when no single `compare` folder holds them all.
 Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--zero-shot` list one file per
@@ -13,7 +14,9 @@ of compare.md. The base may be a trained row too (one run of another method, say
 treats that run as fixed, so it leaves out the base's own seed noise.
 `--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
 Without the zero-shot files only the first test runs. `--adapted` runs it on the adapted scores instead (the
-`adapted` block of evaluations made with --adapt-steps).
+`adapted` block of evaluations made with --adapt-steps), then tests what adaptation adds within each row
+(adapted - ICL, cell by cell: the untrained file, the trained files' mean) and whether it adds more to the trained
+row; its `--per-task` table gives each task's ICL, adapted and adapted - ICL.
 """
 
 from __future__ import annotations
@@ -48,49 +51,78 @@ def gain(icl: dict, zero_shot: dict) -> dict:
     return {cell: icl[cell] - zero_shot[cell] for cell in icl}
 
 
-def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
-    cells = sorted(base)
-    if any(sorted(s) != cells for s in seeds):
-        raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
-    seed_mean_cells = {c: mean(s[c] for s in seeds) for c in cells}
-    per_seed = [mean(s.values()) for s in seeds]
-    lines = [f"## {name}", f"untrained {mean(base.values()):.2f}; trained, mean of {len(seeds)} seeds "
-             f"{mean(per_seed):.2f}; per seed {' / '.join(f'{m:.2f}' for m in per_seed)}"
-             + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
-    by_cell = cell_and_task_tests(seed_mean_cells, base)
+def ci(result: dict) -> str:
+    low, high = result["ci95"]
+    return f"[{low:+.2f}, {high:+.2f}]"
+
+
+def mde(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def test_lines(name: str, by_cell: dict, per_seed: list[float], against: float) -> list[str]:
+    """The tests of compare.md: over task x seed cells and task means (`by_cell`, from cell_and_task_tests), and,
+    given two or more training seeds, their means (`per_seed`) against the number `against`."""
     by_task = by_cell["by_task"]
-
-    def ci(result: dict) -> str:
-        low, high = result["ci95"]
-        return f"[{low:+.2f}, {high:+.2f}]"
-
-    def mde(value) -> str:
-        return "-" if value is None else f"{value:.2f}"
-
-    lines += [f"seed mean - untrained {by_cell['mean_diff']:+.2f}",
-              f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, "
-              f"MDE {mde(by_cell['mde_80'])}",
-              f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
-              f"MDE {mde(by_task['mde_80'])}"]
+    lines = [f"{name} {by_cell['mean_diff']:+.2f}",
+             f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, "
+             f"MDE {mde(by_cell['mde_80'])}",
+             f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
+             f"MDE {mde(by_task['mde_80'])}"]
     if len(per_seed) > 1:  # one training seed has no spread to test against
-        by_seed = seed_test(per_seed, mean(base.values()))
+        by_seed = seed_test(per_seed, against)
         lines.append(f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
                      f"MDE {mde(by_seed['mde'])}")
     return lines
 
 
-def per_task_table(base_icl: dict, base_zero: dict, icl: list[dict], zero: list[dict]) -> list[str]:
-    """Markdown: each task's untrained and trained (mean over training seeds) ICL, 0-shot and ICL gain."""
+def same_cells(name: str, runs: list[dict]) -> list:
+    cells = sorted(runs[0])
+    if any(sorted(run) != cells for run in runs[1:]):
+        raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
+    return cells
+
+
+def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
+    cells = same_cells(name, [base, *seeds])
+    seed_mean_cells = {c: mean(s[c] for s in seeds) for c in cells}
+    per_seed = [mean(s.values()) for s in seeds]
+    lines = [f"## {name}", f"untrained {mean(base.values()):.2f}; trained, mean of {len(seeds)} seeds "
+             f"{mean(per_seed):.2f}; per seed {' / '.join(f'{m:.2f}' for m in per_seed)}"
+             + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
+    return lines + test_lines("seed mean - untrained", cell_and_task_tests(seed_mean_cells, base), per_seed,
+                              mean(base.values()))
+
+
+def within_row(name: str, adapted: list[dict], icl: list[dict]) -> list[str]:
+    """What adaptation adds to one row: its adapted cells against its own in-context cells (over its training
+    seeds' means), and each training seed's mean gain against zero."""
+    cells = same_cells(name, [*adapted, *icl])
+    gains = [{c: a[c] - b[c] for c in cells} for a, b in zip(adapted, icl)]
+    mean_adapted = {c: mean(a[c] for a in adapted) for c in cells}
+    mean_icl = {c: mean(b[c] for b in icl) for c in cells}
+    per_seed = [mean(g.values()) for g in gains]
+    lines = [f"## adaptation gain (adapted - ICL), {name}",
+             f"ICL {mean(mean_icl.values()):.2f}; adapted {mean(mean_adapted.values()):.2f}"
+             + (f"; gain per seed {' / '.join(f'{m:+.2f}' for m in per_seed)}" if len(per_seed) > 1 else "")]
+    return lines + test_lines("adapted - ICL", cell_and_task_tests(mean_adapted, mean_icl), per_seed, 0.0)
+
+
+def per_task_table(base_x: dict, base_y: dict, x: list[dict], y: list[dict],
+                   names: tuple[str, str] = ("ICL", "0-shot"), digits: int = 1) -> list[str]:
+    """Markdown: each task's untrained and trained (mean over training seeds) scores of two kinds, x and y (ICL
+    and 0-shot, or adapted and ICL), and x - y (the ICL gain, or what adaptation adds)."""
     def trained(runs: list[dict]) -> dict[str, float]:
         by_run = [task_means(run) for run in runs]
         return {task: mean(m[task] for m in by_run) for task in by_run[0]}
 
-    columns = [task_means(base_icl), trained(icl), task_means(base_zero), trained(zero)]
-    lines = ["| task | untrained ICL | trained ICL | untrained 0-shot | trained 0-shot | untrained gain | trained gain |",
-             "|---|---|---|---|---|---|---|"]
+    columns = [task_means(base_x), trained(x), task_means(base_y), trained(y)]
+    nx, ny = names
+    lines = [f"| task | untrained {nx} | trained {nx} | untrained {ny} | trained {ny} | untrained {nx} - {ny} "
+             f"| trained {nx} - {ny} |", "|---|---|---|---|---|---|---|"]
     for task in sorted(columns[0]):
         a, b, c, d = (column[task] for column in columns)
-        lines.append(f"| {task} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {a - c:+.1f} | {b - d:+.1f} |")
+        lines.append(f"| {task} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {a - c:+.{digits}f} | {b - d:+.{digits}f} |")
     return lines
 
 
@@ -102,20 +134,30 @@ def main(argv=None) -> int:
     parser.add_argument("--zero-shot", nargs="+", help="one file per training seed, same order")
     parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
     parser.add_argument("--adapted", action="store_true",
-                        help="test the --icl files' adapted scores (made with --adapt-steps) instead")
+                        help="test the --icl files' adapted scores (made with --adapt-steps) instead, and what "
+                             "adaptation adds within each row")
     args = parser.parse_args(argv)
-    if args.adapted and (args.base_zero_shot or args.zero_shot or args.per_task):
-        parser.error("--adapted tests the adapted scores on their own; drop --base-zero-shot, --zero-shot and "
-                     "--per-task")
+    if args.adapted and (args.base_zero_shot or args.zero_shot):
+        parser.error("--adapted tests the adapted scores against the in-context ones; drop --base-zero-shot and "
+                     "--zero-shot")
     if (args.base_zero_shot is None) != (args.zero_shot is None):
         parser.error("give both --base-zero-shot and --zero-shot, or neither (then only the first test runs)")
     if args.zero_shot is not None and len(args.icl) != len(args.zero_shot):
         parser.error("--icl and --zero-shot need one file per training seed each")
-    if args.per_task and args.zero_shot is None:
-        parser.error("--per-task needs the zero-shot files")
-    block = "adapted" if args.adapted else None
-    base_icl, icl = load_cells(args.base_icl, block), [load_cells(f, block) for f in args.icl]
-    out = report(block or "ICL", base_icl, icl)
+    if args.per_task and args.zero_shot is None and not args.adapted:
+        parser.error("--per-task needs the zero-shot files (or --adapted)")
+    base_icl, icl = load_cells(args.base_icl), [load_cells(f) for f in args.icl]
+    if args.adapted:
+        base_adapted, adapted = load_cells(args.base_icl, "adapted"), [load_cells(f, "adapted") for f in args.icl]
+        out = report("adapted", base_adapted, adapted)
+        out += within_row("untrained", [base_adapted], [base_icl]) + within_row("trained", adapted, icl)
+        out += report("adaptation gain, trained - untrained", gain(base_adapted, base_icl),
+                      [gain(a, b) for a, b in zip(adapted, icl)])
+        if args.per_task:
+            out += ["## per task"] + per_task_table(base_adapted, base_icl, adapted, icl, ("adapted", "ICL"), 2)
+        print("\n".join(out))
+        return 0
+    out = report("ICL", base_icl, icl)
     if args.zero_shot is None:
         print("\n".join(out))
         return 0

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from maml_en_llm.metrics import (
-    accuracy, macro_f1, mean_ci95, paired_test, result_cells, summarize, task_metric,
+    accuracy, macro_f1, mean_ci95, paired_test, result_cells, seed_test, summarize, task_metric,
 )
 
 
@@ -98,8 +98,6 @@ def test_labels_are_compared_after_stripping_whitespace_like_metaicl():
 
 
 def test_seed_test_is_welch_across_training_seeds_and_one_sample_against_an_untrained_model():
-    from maml_en_llm.metrics import seed_test
-
     a, b = [46.2, 43.5, 44.9], [45.7, 45.1]
     result = seed_test(a, b)
     welch = stats.ttest_ind(a, b, equal_var=False)
@@ -178,8 +176,9 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
 
 
 def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path, capsys):
-    """--adapted reads each file's `adapted` block, not its in-context one; without zero-shot files only that (or
-    the in-context) test runs; a file without an adapted block, or zero-shot files beside --adapted, is an error."""
+    """--adapted reads each file's `adapted` block, not its in-context one, then tests adapted - ICL within each
+    row and between them; without zero-shot files only the first test runs; a file without an adapted block, or
+    zero-shot files beside --adapted, is an error."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
@@ -202,16 +201,40 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
     assert pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained]) == 0
     out = capsys.readouterr().out
     assert out.startswith("## adapted") and "seed mean - untrained +1.83" in out and "## 0-shot" not in out
+    adapted, untrained_gain, trained_gain, difference = out.split("## ")[1:]
     by_task = paired_test({"t1": 42.0, "t2": 46.0, "t3": 48.0}, {"t1": 41.5, "t2": 43.5, "t3": 45.5})
     low, high = by_task["ci95"]
-    assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in out
+    assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in adapted
+    # what adaptation adds within each row: the untrained one 41..46 over its 40s, the trained one its adapted
+    # 41.5..48.5 (mean 45.33) under its 50s; and the trained row's gain minus the untrained one's, cell by cell
+    assert untrained_gain.startswith("adaptation gain (adapted - ICL), untrained\nICL 40.00; adapted 43.50")
+    by_task = paired_test({"t1": 41.5, "t2": 43.5, "t3": 45.5}, {"t1": 40.0, "t2": 40.0, "t3": 40.0})
+    low, high = by_task["ci95"]
+    assert "adapted - ICL +3.50" in untrained_gain and f"task means: 95% CI [{low:+.2f}, {high:+.2f}]" in untrained_gain
+    assert "adapted - ICL -4.67" in trained_gain and "across" not in trained_gain
+    assert difference.startswith("adaptation gain, trained - untrained") and "untrained -8.17" in difference
+
+    # two training seeds: the second one's in-context cells are 45, so it gains +0.33 where the first loses 4.67
+    second = with_adapted("run2.json", {c: 45.0 for c in cells},
+                          {c: 41.0 + i + (0.5 if c[0] == "t1" else 2.5) for i, c in enumerate(cells)})
+    assert pair_evals.main(["--adapted", "--per-task", "--base-icl", base, "--icl", trained, second]) == 0
+    out = capsys.readouterr().out
+    trained_gain = out.split("## ")[3]
+    by_seed = seed_test([-14 / 3, 1 / 3], 0.0)
+    low, high = by_seed["ci95"]
+    assert "gain per seed -4.67 / +0.33" in trained_gain and "adapted - ICL -2.17" in trained_gain
+    assert f"across 2 training seeds: 95% CI [{low:+.2f}, {high:+.2f}]" in trained_gain
+    table = out.split("## per task\n")[1].splitlines()
+    # t1: untrained adapted 41.5 over ICL 40; trained adapted 42.0 over the two seeds' ICL mean 47.5
+    assert table[0].startswith("| task | untrained adapted | trained adapted | untrained ICL | trained ICL")
+    assert table[2] == "| t1 | 41.5 | 42.0 | 40.0 | 47.5 | +1.50 | -5.50 |"
 
     plain = _eval_file(tmp_path / "plain.json", {c: 40.0 for c in cells}, True)
     with pytest.raises(SystemExit, match="plain.json: no 'adapted' scores"):
         pair_evals.main(["--adapted", "--base-icl", plain, "--icl", trained])
     with pytest.raises(SystemExit) as refused:
         pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained, "--zero-shot", plain])
-    assert refused.value.code == 2 and "--adapted tests the adapted scores on their own" in capsys.readouterr().err
+    assert refused.value.code == 2 and "--adapted tests the adapted scores against" in capsys.readouterr().err
     # without --adapted and without zero-shot files: the in-context test alone (+10 on every cell)
     assert pair_evals.main(["--base-icl", base, "--icl", trained]) == 0
     out = capsys.readouterr().out
