@@ -14,6 +14,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RECIPE = ["tasks_per_step=2", "support_size=1", "query_size=1", "lr=1e-3", "inner_lr=1e-2"]
 
 
+ADAPT = ("--adapt-steps", "1", "--adapt-lr", "0.5")  # large enough to move a tiny model's scores
+
+
 def compare_args(model_dir, data_dir, out, *extra, methods="none,metaicl,maml", budget=("--steps", "2")):
     return ["compare", "--split", "tiny", "--data-dir", str(data_dir), "--model", str(model_dir), "--methods", methods,
             *budget, "--k", "1", "--seeds", "100,13", "--max-test", "4", "--out", str(out), *extra, *RECIPE]
@@ -39,7 +42,7 @@ def data_dir(tmp_path_factory):
 def first_run(tmp_path_factory, tiny_model_dir, data_dir):
     """One compare of none, metaicl and maml with adaptation, shared by the tests that read or re-run it."""
     out = tmp_path_factory.mktemp("compare") / "out"
-    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1")) == 0
+    assert main(compare_args(tiny_model_dir, data_dir, out, *ADAPT)) == 0
     return out
 
 
@@ -73,6 +76,7 @@ def test_report_files_hold_table_cis_tests_and_budget(first_run):
     assert report["provenance"]["package_version"] == __version__ and report["provenance"]["device"] == "cpu"
     assert report["eval"]["prompt"] == "direct"
     assert [row["label"] for row in report["rows"]] == ["none", "metaicl", "maml"]
+    moved = []
     for row in report["rows"]:
         for block in ("icl", "adapted"):
             tasks = row["eval"][block]["tasks"]
@@ -83,6 +87,12 @@ def test_report_files_hold_table_cis_tests_and_budget(first_run):
             assert summary["worst"] == pytest.approx(min(per_seed_avg.values()))
             assert summary["n_cells"] == 4 and len(summary["ci95"]) == 2
             assert row[block]["unseen_domain"]["n_cells"] == 2  # cls_d x 2 seeds
+        # what adaptation adds, cell by cell, is a block of its own (summarised, tabulated and tested like the rest)
+        icl_cells, adapted_cells = result_cells_of(row, "icl"), result_cells_of(row, "adapted")
+        assert result_cells_of(row, "adapt_gain") == pytest.approx(
+            {cell: adapted_cells[cell] - icl_cells[cell] for cell in icl_cells})
+        moved.append(adapted_cells != icl_cells)
+        assert row["adapt_gain"]["all"]["mean"] == pytest.approx(row["adapted"]["all"]["mean"] - row["icl"]["all"]["mean"])
         if row["method"] == "none":
             assert row["train"]["steps"] == 0
         else:
@@ -90,15 +100,17 @@ def test_report_files_hold_table_cis_tests_and_budget(first_run):
             assert run_dir.name.startswith(row["method"] + "-") and (run_dir / "final" / "config.json").exists()
             assert row["train"]["steps"] == 2 and row["train"]["tokens"] == metrics(run_dir)[-1]["total_tokens"] > 0
             assert row["train"]["wall_seconds"] > 0
+    assert any(moved)  # else adapted - ICL would be zero whichever way it were taken
     headline = report["headline"]
     assert (headline["a"], headline["b"], headline["block"], headline["n"]) == ("maml", "metaicl", "icl", 4)
     for key in ("mean_diff", "ci95", "p_value_t", "p_value_wilcoxon", "significant_at_0.05"):
         assert key in headline
-    assert {(t["b"], t["block"]) for t in report["paired_tests"]} >= {("metaicl", "adapted"), ("none", "icl")}
+    assert {(t["b"], t["block"]) for t in report["paired_tests"]} >= {("metaicl", "adapted"), ("none", "icl"),
+                                                                      ("metaicl", "adapt_gain")}
 
     markdown = (first_run / "compare.md").read_text()
-    assert "| method | steps | tokens | train s | all ICL | unseen domain ICL | all adapted | unseen domain adapted |" \
-        in markdown
+    assert ("| method | steps | tokens | train s | all ICL | unseen domain ICL | all adapted | unseen domain adapted "
+            "| all adapted - ICL | unseen domain adapted - ICL |") in markdown
     for label in ("none", "metaicl", "maml"):
         assert any(line.startswith(f"| {label} | ") and line.count("(") >= 4 for line in markdown.splitlines())
     assert "equal meta-steps: 2 per method" in markdown
@@ -112,7 +124,7 @@ def test_rerun_reuses_runs_and_evaluations(first_run, tmp_path, tiny_model_dir, 
     out = tmp_path / "out"
     shutil.copytree(first_run, out)
     calls = count_calls(monkeypatch)
-    args = compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1")
+    args = compare_args(tiny_model_dir, data_dir, out, *ADAPT)
     assert main(args) == 0
     assert calls == {"train": [], "evaluate": []}
     assert "| maml | 2 |" in capsys.readouterr().out
@@ -424,7 +436,7 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
     compare."""
     calls = count_calls(monkeypatch)
     out = tmp_path / "out"
-    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert main(compare_args(tiny_model_dir, data_dir, out, *ADAPT, "--jobs", "3")) == 0
     assert calls == {"train": [], "evaluate": []}
     assert "(3 rows to train or evaluate) in 3 worker processes" in capsys.readouterr().out
     assert {p.name for p in (out / "runs").iterdir()} == {p.name for p in (first_run / "runs").iterdir()}
@@ -436,12 +448,12 @@ def test_jobs_train_and_evaluate_the_rows_in_worker_processes_with_the_same_resu
         for block in ("icl", "adapted", "zero_shot"):
             assert result_cells_of(a, block) == pytest.approx(result_cells_of(b, block), abs=1e-6)
 
-    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert main(compare_args(tiny_model_dir, data_dir, out, *ADAPT, "--jobs", "3")) == 0
     assert "worker processes" not in capsys.readouterr().out  # all done: no worker is started
 
     # a run whose final model is gone while its evaluations are still cached is trained again by a worker too
     shutil.rmtree(next((out / "runs").glob("metaicl-*")) / "final")
-    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "3")) == 0
+    assert main(compare_args(tiny_model_dir, data_dir, out, *ADAPT, "--jobs", "3")) == 0
     assert "1 work item (1 row to train or evaluate) in 1 worker processes" in capsys.readouterr().out
     assert calls == {"train": [], "evaluate": []} and next((out / "runs").glob("metaicl-*/final/config.json"))
 
@@ -490,7 +502,7 @@ def test_train_jobs_1_trains_one_row_at_a_time_and_gives_the_same_runs(first_run
     """End to end through the worker pool: with --jobs 2 --train-jobs 1 the maml training starts only once the
     metaicl training has finished, and the runs and evaluation files are those of the sequential compare."""
     out = tmp_path / "out"
-    assert main(compare_args(tiny_model_dir, data_dir, out, "--adapt-steps", "1", "--jobs", "2",
+    assert main(compare_args(tiny_model_dir, data_dir, out, *ADAPT, "--jobs", "2",
                              "--train-jobs", "1")) == 0
     printed = capfd.readouterr().out
     assert "in 2 worker processes (--jobs 2, at most 1 training)" in printed

@@ -299,6 +299,7 @@ def run_compare(args, command_line: str) -> dict:
                  "validation": _validation_curve(plan, row)}
         if "adapted" in result:
             entry["eval"]["adapted"] = result["adapted"]
+            entry["eval"]["adapt_gain"] = difference_block(result["adapted"], entry["eval"]["icl"])
         for variant in plan.eval_settings["diagnostics"]:
             diagnostic = evals[row.label, variant]["result"]
             entry["eval"][variant] = {"tasks": diagnostic["tasks"], "average": diagnostic["average"],

@@ -1,9 +1,10 @@
 """What `compare` reports: per-row summaries with 95% CIs, paired tests with the smallest detectable difference,
 the Markdown table and the plots. Pure functions over the report dict (plots write PNG files).
 
-Blocks (the evaluations of a row): `icl` (k-shot in context), `adapted` (after --adapt-steps), `zero_shot` (k=0),
-`icl_gain` (icl - zero_shot, cell by cell), `random` (random demonstration labels) and `symbols` (label words
-renamed to arbitrary words). Subsets: all test tasks, and the split's unseen-domain tasks.
+Blocks (the evaluations of a row): `icl` (k-shot in context), `adapted` (after --adapt-steps), `adapt_gain`
+(adapted - icl, cell by cell), `zero_shot` (k=0), `icl_gain` (icl - zero_shot, cell by cell), `random` (random
+demonstration labels) and `symbols` (label words renamed to arbitrary words). Subsets: all test tasks, and the
+split's unseen-domain tasks.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from .tasks import Split
 
 BASE = "none"  # the base model, evaluated without training
 SUBSETS = ("all", "unseen_domain")
-BLOCKS = ("icl", "adapted", "zero_shot", "icl_gain", "random", "symbols")
+BLOCKS = ("icl", "adapted", "adapt_gain", "zero_shot", "icl_gain", "random", "symbols")
+GAIN_TITLES = {"icl_gain": "points (ICL - 0-shot)", "adapt_gain": "points (adapted - ICL)"}  # differences
 SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
-BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted", "zero_shot": "0-shot", "icl_gain": "ICL gain",
-                "random": "random-label ICL", "symbols": "symbol ICL"}
+BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted", "adapt_gain": "adapted - ICL", "zero_shot": "0-shot",
+                "icl_gain": "ICL gain", "random": "random-label ICL", "symbols": "symbol ICL"}
 
 
 def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | None:
@@ -52,7 +54,8 @@ def _cellwise(blocks: list[dict], combine) -> dict:
 
 
 def difference_block(a: dict, b: dict) -> dict:
-    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot)."""
+    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot; the adaptation gain:
+    adapted minus in context)."""
     return _cellwise([a, b], lambda x, y: x - y)
 
 
@@ -363,8 +366,8 @@ def plot(report: dict, path: Path) -> None:
                                label="one training seed" if row is first_pooled else None)
             ax.set_xticks(range(len(SUBSETS)), [SUBSET_TITLES[s] for s in SUBSETS])
         ax.set_title(f"{BLOCK_TITLES[block]} (k={report['eval']['k']}), 95% CI over task x seed cells")
-        ax.set_ylabel("Macro-F1 / accuracy (%)" if block != "icl_gain" else "points (ICL - 0-shot)")
-        if block != "icl_gain":
+        ax.set_ylabel(GAIN_TITLES.get(block, "Macro-F1 / accuracy (%)"))
+        if block not in GAIN_TITLES:
             ax.set_ylim(bottom=0)  # a t-interval can reach below 0; the metric cannot
         else:
             ax.axhline(0, color="black", linewidth=0.8)
