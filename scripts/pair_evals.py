@@ -1,4 +1,5 @@
-"""Tests of trained models against the untrained one from evaluation files alone, as `compare` reports them.
+"""Tests of trained models against a base row (the untrained model, or another method) from evaluation files alone,
+as `compare` reports them.
 
     .venv/bin/python scripts/pair_evals.py --base-icl NONE_ICL.json --base-zero-shot NONE_0SHOT.json \
         --icl SEED1_ICL.json SEED2_ICL.json ... --zero-shot SEED1_0SHOT.json SEED2_0SHOT.json ...
@@ -7,16 +8,17 @@
 
 For rows whose evaluations were made apart (on two machines, say), when no single `compare` folder holds them all.
 Each file is an `eval` results.json or a `compare` evals/*.json; `--icl` and `--zero-shot` list one file per
-training seed, in the same order. Prints, for ICL, 0-shot and ICL gain (ICL - 0-shot, cell by cell): the untrained
-mean, each seed's mean and their SD, then the seed mean - untrained over task x seed cells, over task means and
-across training seeds (given two or more), with the smallest difference each detects with 80% power: the tests
-of compare.md. The base may be a trained row too (one run of another method, say); the across-seeds test then
-treats that run as fixed, so it leaves out the base's own seed noise.
-`--per-task` adds a table of each task's means (over its seeds, and for the trained rows over training seeds too).
+training seed, in the same order, and so do `--base-icl` and `--base-zero-shot` when the base row was trained with
+several seeds too. Prints, for ICL, 0-shot and ICL gain (ICL - 0-shot, cell by cell): the base mean, each seed's
+mean and their SD, then the seed mean - base mean over task x seed cells, over task means and across training
+seeds (given two or more), with the smallest difference each detects with 80% power: the tests of compare.md.
+Across training seeds the test is Welch's when the base has several seeds, else a one-sample test against the
+base's mean, which treats a trained base as fixed and so leaves out its own seed noise.
+`--per-task` adds a table of each task's means (over its seeds, and over training seeds too).
 Without the zero-shot files only the first test runs. `--adapted` runs it on the adapted scores instead (the
 `adapted` block of evaluations made with --adapt-steps), then tests what adaptation adds within each row
-(adapted - ICL, cell by cell: the untrained file, the trained files' mean) and whether it adds more to the trained
-row; its `--per-task` table gives each task's ICL, adapted and adapted - ICL.
+(adapted - ICL, cell by cell, over the row's training seeds) and whether it adds more to the trained row than to
+the base; its `--per-task` table gives each task's adapted, ICL and adapted - ICL.
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ def load_cells(path: str, block: str | None = None) -> dict:
     return result_cells(body)
 
 
-def gain(icl: dict, zero_shot: dict) -> dict:
-    return {cell: icl[cell] - zero_shot[cell] for cell in icl}
+def gain(a: dict, b: dict) -> dict:
+    """Cell by cell a - b: the ICL gain (ICL - 0-shot), or what adaptation adds (adapted - ICL)."""
+    return {cell: a[cell] - b[cell] for cell in a}
+
+
+def gains(a: list[dict], b: list[dict]) -> list[dict]:
+    return [gain(x, y) for x, y in zip(a, b)]
 
 
 def ci(result: dict) -> str:
@@ -60,65 +67,71 @@ def mde(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def test_lines(name: str, by_cell: dict, per_seed: list[float], against: float) -> list[str]:
-    """The tests of compare.md: over task x seed cells and task means (`by_cell`, from cell_and_task_tests), and,
-    given two or more training seeds, their means (`per_seed`) against the number `against`."""
+def seed_means(name: str, runs: list[dict]) -> tuple[dict, list[float]]:
+    """The runs' (training seeds') mean cell by cell, and each run's mean over its cells."""
+    cells = sorted(runs[0])
+    if any(sorted(run) != cells for run in runs[1:]):
+        raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
+    return {c: mean(run[c] for run in runs) for c in cells}, [mean(run.values()) for run in runs]
+
+
+def described(label: str, per_seed: list[float]) -> str:
+    if len(per_seed) == 1:
+        return f"{label} {per_seed[0]:.2f}"
+    return (f"{label}, mean of {len(per_seed)} seeds {mean(per_seed):.2f}; per seed "
+            f"{' / '.join(f'{m:.2f}' for m in per_seed)} (SD {statistics.stdev(per_seed):.2f})")
+
+
+def test_lines(label: str, by_cell: dict, per_seed: list[float], against: float | list[float]) -> list[str]:
+    """compare.md's tests: over task x seed cells and over task means (`by_cell`, from cell_and_task_tests), then,
+    given two or more training seeds, their means (`per_seed`) against `against`: another row's seed means
+    (Welch), or one number (a one-sample test)."""
     by_task = by_cell["by_task"]
-    lines = [f"{name} {by_cell['mean_diff']:+.2f}",
+    lines = [f"{label} {by_cell['mean_diff']:+.2f}",
              f"  over {by_cell['n']} cells: 95% CI {ci(by_cell)}, p = {by_cell['p_value_t']:.3g}, "
              f"MDE {mde(by_cell['mde_80'])}",
              f"  over {by_task['n']} task means: 95% CI {ci(by_task)}, p = {by_task['p_value_t']:.3g}, "
              f"MDE {mde(by_task['mde_80'])}"]
     if len(per_seed) > 1:  # one training seed has no spread to test against
         by_seed = seed_test(per_seed, against)
-        lines.append(f"  across {len(per_seed)} training seeds: 95% CI {ci(by_seed)}, p = {by_seed['p_value']:.3g}, "
-                     f"MDE {mde(by_seed['mde'])}")
+        kind = " (Welch)" if isinstance(against, list) else ""
+        lines.append(f"  across {len(per_seed)} training seeds{kind}: 95% CI {ci(by_seed)}, "
+                     f"p = {by_seed['p_value']:.3g}, MDE {mde(by_seed['mde'])}")
     return lines
 
 
-def same_cells(name: str, runs: list[dict]) -> list:
-    cells = sorted(runs[0])
-    if any(sorted(run) != cells for run in runs[1:]):
-        raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
-    return cells
-
-
-def report(name: str, base: dict, seeds: list[dict]) -> list[str]:
-    cells = same_cells(name, [base, *seeds])
-    seed_mean_cells = {c: mean(s[c] for s in seeds) for c in cells}
-    per_seed = [mean(s.values()) for s in seeds]
-    lines = [f"## {name}", f"untrained {mean(base.values()):.2f}; trained, mean of {len(seeds)} seeds "
-             f"{mean(per_seed):.2f}; per seed {' / '.join(f'{m:.2f}' for m in per_seed)}"
-             + (f" (SD {statistics.stdev(per_seed):.2f})" if len(per_seed) > 1 else "")]
-    return lines + test_lines("seed mean - untrained", cell_and_task_tests(seed_mean_cells, base), per_seed,
-                              mean(base.values()))
+def report(name: str, base: list[dict], seeds: list[dict], title: str | None = None) -> list[str]:
+    """The trained runs' seed mean against the base runs' (one file for the untrained model)."""
+    seed_means(name, base + seeds)  # all hold the same cells
+    (base_cells, base_per_seed), (cells, per_seed) = seed_means(name, base), seed_means(name, seeds)
+    against = base_per_seed if len(base_per_seed) > 1 else base_per_seed[0]
+    return ([f"## {title or name}", f"{described('base', base_per_seed)}; {described('trained', per_seed)}"]
+            + test_lines("seed mean - base", cell_and_task_tests(cells, base_cells), per_seed, against))
 
 
 def within_row(name: str, adapted: list[dict], icl: list[dict]) -> list[str]:
     """What adaptation adds to one row: its adapted cells against its own in-context cells (over its training
     seeds' means), and each training seed's mean gain against zero."""
-    cells = same_cells(name, [*adapted, *icl])
-    gains = [{c: a[c] - b[c] for c in cells} for a, b in zip(adapted, icl)]
-    mean_adapted = {c: mean(a[c] for a in adapted) for c in cells}
-    mean_icl = {c: mean(b[c] for b in icl) for c in cells}
-    per_seed = [mean(g.values()) for g in gains]
-    lines = [f"## adaptation gain (adapted - ICL), {name}",
+    seed_means(name, adapted + icl)  # all hold the same cells
+    (mean_adapted, _), (mean_icl, _) = seed_means(name, adapted), seed_means(name, icl)
+    per_seed = [mean(g.values()) for g in gains(adapted, icl)]
+    return ([f"## adaptation gain (adapted - ICL), {name}",
              f"ICL {mean(mean_icl.values()):.2f}; adapted {mean(mean_adapted.values()):.2f}"
              + (f"; gain per seed {' / '.join(f'{m:+.2f}' for m in per_seed)}" if len(per_seed) > 1 else "")]
-    return lines + test_lines("adapted - ICL", cell_and_task_tests(mean_adapted, mean_icl), per_seed, 0.0)
+            + test_lines("adapted - ICL", cell_and_task_tests(mean_adapted, mean_icl), per_seed, 0.0))
 
 
-def per_task_table(base_x: dict, base_y: dict, x: list[dict], y: list[dict],
+def per_task_table(base_x: list[dict], base_y: list[dict], x: list[dict], y: list[dict],
                    names: tuple[str, str] = ("ICL", "0-shot"), digits: int = 1) -> list[str]:
-    """Markdown: each task's untrained and trained (mean over training seeds) scores of two kinds, x and y (ICL
-    and 0-shot, or adapted and ICL), and x - y (the ICL gain, or what adaptation adds)."""
-    def trained(runs: list[dict]) -> dict[str, float]:
+    """Markdown: each task's base and trained scores of two kinds, x and y (ICL and 0-shot, or adapted and ICL),
+    and x - y (the ICL gain, or what adaptation adds), each a mean over the task's seeds and the training seeds."""
+    def over_runs(runs: list[dict]) -> dict[str, float]:
         by_run = [task_means(run) for run in runs]
         return {task: mean(m[task] for m in by_run) for task in by_run[0]}
 
-    columns = [task_means(base_x), trained(x), task_means(base_y), trained(y)]
+    columns = [over_runs(base_x), over_runs(x), over_runs(base_y), over_runs(y)]
     nx, ny = names
-    lines = [f"| task | untrained {nx} | trained {nx} | untrained {ny} | trained {ny} | untrained {nx} - {ny} "
+    lines = [f"| task | base {nx} | trained {nx} | base {ny} | trained {ny} | base {nx} - {ny} "
              f"| trained {nx} - {ny} |", "|---|---|---|---|---|---|---|"]
     for task in sorted(columns[0]):
         a, b, c, d = (column[task] for column in columns)
@@ -128,8 +141,9 @@ def per_task_table(base_x: dict, base_y: dict, x: list[dict], y: list[dict],
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base-icl", required=True)
-    parser.add_argument("--base-zero-shot", help="optional: without it (and --zero-shot) only the ICL test runs")
+    parser.add_argument("--base-icl", nargs="+", required=True, help="one file per training seed of the base row")
+    parser.add_argument("--base-zero-shot", nargs="+",
+                        help="optional, same order: without it (and --zero-shot) only the ICL test runs")
     parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
     parser.add_argument("--zero-shot", nargs="+", help="one file per training seed, same order")
     parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
@@ -144,15 +158,19 @@ def main(argv=None) -> int:
         parser.error("give both --base-zero-shot and --zero-shot, or neither (then only the first test runs)")
     if args.zero_shot is not None and len(args.icl) != len(args.zero_shot):
         parser.error("--icl and --zero-shot need one file per training seed each")
+    if args.base_zero_shot is not None and len(args.base_icl) != len(args.base_zero_shot):
+        parser.error("--base-icl and --base-zero-shot need one file per training seed each")
     if args.per_task and args.zero_shot is None and not args.adapted:
         parser.error("--per-task needs the zero-shot files (or --adapted)")
-    base_icl, icl = load_cells(args.base_icl), [load_cells(f) for f in args.icl]
+    base_icl, icl = [load_cells(f) for f in args.base_icl], [load_cells(f) for f in args.icl]
     if args.adapted:
-        base_adapted, adapted = load_cells(args.base_icl, "adapted"), [load_cells(f, "adapted") for f in args.icl]
+        base_adapted = [load_cells(f, "adapted") for f in args.base_icl]
+        adapted = [load_cells(f, "adapted") for f in args.icl]
         out = report("adapted", base_adapted, adapted)
-        out += within_row("untrained", [base_adapted], [base_icl]) + within_row("trained", adapted, icl)
-        out += report("adaptation gain, trained - untrained", gain(base_adapted, base_icl),
-                      [gain(a, b) for a, b in zip(adapted, icl)])
+        for label, row_adapted, row_icl in (("base", base_adapted, base_icl), ("trained", adapted, icl)):
+            out += within_row(label, row_adapted, row_icl)
+        out += report("adaptation gain", gains(base_adapted, base_icl), gains(adapted, icl),
+                      "adaptation gain, trained - base")
         if args.per_task:
             out += ["## per task"] + per_task_table(base_adapted, base_icl, adapted, icl, ("adapted", "ICL"), 2)
         print("\n".join(out))
@@ -161,9 +179,9 @@ def main(argv=None) -> int:
     if args.zero_shot is None:
         print("\n".join(out))
         return 0
-    base_zero, zero = load_cells(args.base_zero_shot), [load_cells(f) for f in args.zero_shot]
+    base_zero, zero = [load_cells(f) for f in args.base_zero_shot], [load_cells(f) for f in args.zero_shot]
     out += report("0-shot", base_zero, zero)
-    out += report("ICL gain", gain(base_icl, base_zero), [gain(a, b) for a, b in zip(icl, zero)])
+    out += report("ICL gain", gains(base_icl, base_zero), gains(icl, zero))
     if args.per_task:
         out += ["## per task"] + per_task_table(base_icl, base_zero, icl, zero)
     print("\n".join(out))

@@ -149,11 +149,11 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
     icl, zero_shot, icl_gain = out.split("## ")[1:]
     mean_a, mean_b = sum(seed_a.values()) / 6, sum(seed_b.values()) / 6
     assert f"per seed {mean_a:.2f} / {mean_b:.2f}" in icl
-    assert "seed mean - untrained +2.67" in icl  # (7/3 + 3) / 2
+    assert "seed mean - base +2.67" in icl  # (7/3 + 3) / 2
     by_task = paired_test({"t1": 43.5, "t2": 50.5, "t3": 56.5}, {"t1": 41.5, "t2": 47.5, "t3": 53.5})
     low, high = by_task["ci95"]
     assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in icl
-    assert "seed mean - untrained +0.50" in zero_shot and "untrained +2.17" in icl_gain
+    assert "seed mean - base +0.50" in zero_shot and "base +2.17" in icl_gain
     assert "across 2 training seeds" in icl_gain and "## per task" not in out
 
     assert pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"], "--per-task",
@@ -173,6 +173,26 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
     with pytest.raises(SystemExit, match="the same task x seed cells"):
         pair_evals.main(["--base-icl", files["base_icl"], "--base-zero-shot", files["base_zero"],
                          "--icl", short, files["b"], "--zero-shot", files["za"], files["zb"]])
+    for base_files, trained_files in (([files["base_icl"], short], [files["a"]]), ([files["base_icl"]], [short])):
+        with pytest.raises(SystemExit, match="the same task x seed cells"):
+            pair_evals.main(["--base-icl", *base_files, "--icl", *trained_files])
+
+    # a base row trained with two seeds too (here the two trained files against the base file and seed b):
+    # its cells are their mean, and across training seeds the test is Welch's, seed means against seed means
+    assert pair_evals.main(["--base-icl", files["base_icl"], files["b"], "--base-zero-shot", files["base_zero"],
+                            files["zb"], "--icl", files["a"], files["b"], "--zero-shot", files["za"], files["zb"]]) == 0
+    icl = capsys.readouterr().out.split("## ")[1]
+    base_mean = (sum(base.values()) / 6 + mean_b) / 2
+    assert f"base, mean of 2 seeds {base_mean:.2f}" in icl
+    assert f"seed mean - base {(mean_a + mean_b) / 2 - base_mean:+.2f}" in icl  # (7/3 + 3) / 2 - 3 / 2
+    by_seed = seed_test([mean_a, mean_b], [sum(base.values()) / 6, mean_b])
+    low, high = by_seed["ci95"]
+    assert f"across 2 training seeds (Welch): 95% CI [{low:+.2f}, {high:+.2f}]" in icl
+    with pytest.raises(SystemExit) as refused:
+        pair_evals.main(["--base-icl", files["base_icl"], files["b"], "--base-zero-shot", files["base_zero"],
+                         "--icl", files["a"], "--zero-shot", files["za"]])
+    assert refused.value.code == 2 and "--base-icl and --base-zero-shot need one file per training seed" in \
+        capsys.readouterr().err
 
 
 def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path, capsys):
@@ -200,19 +220,19 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
                            {c: 41.0 + i + (0.5 if c[0] == "t1" else 2.5) for i, c in enumerate(cells)})
     assert pair_evals.main(["--adapted", "--base-icl", base, "--icl", trained]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("## adapted") and "seed mean - untrained +1.83" in out and "## 0-shot" not in out
+    assert out.startswith("## adapted") and "seed mean - base +1.83" in out and "## 0-shot" not in out
     adapted, untrained_gain, trained_gain, difference = out.split("## ")[1:]
     by_task = paired_test({"t1": 42.0, "t2": 46.0, "t3": 48.0}, {"t1": 41.5, "t2": 43.5, "t3": 45.5})
     low, high = by_task["ci95"]
     assert f"over 3 task means: 95% CI [{low:+.2f}, {high:+.2f}]" in adapted
     # what adaptation adds within each row: the untrained one 41..46 over its 40s, the trained one its adapted
     # 41.5..48.5 (mean 45.33) under its 50s; and the trained row's gain minus the untrained one's, cell by cell
-    assert untrained_gain.startswith("adaptation gain (adapted - ICL), untrained\nICL 40.00; adapted 43.50")
+    assert untrained_gain.startswith("adaptation gain (adapted - ICL), base\nICL 40.00; adapted 43.50")
     by_task = paired_test({"t1": 41.5, "t2": 43.5, "t3": 45.5}, {"t1": 40.0, "t2": 40.0, "t3": 40.0})
     low, high = by_task["ci95"]
     assert "adapted - ICL +3.50" in untrained_gain and f"task means: 95% CI [{low:+.2f}, {high:+.2f}]" in untrained_gain
     assert "adapted - ICL -4.67" in trained_gain and "across" not in trained_gain
-    assert difference.startswith("adaptation gain, trained - untrained") and "untrained -8.17" in difference
+    assert difference.startswith("adaptation gain, trained - base") and "seed mean - base -8.17" in difference
 
     # two training seeds: the second one's in-context cells are 45, so it gains +0.33 where the first loses 4.67
     second = with_adapted("run2.json", {c: 45.0 for c in cells},
@@ -226,7 +246,7 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
     assert f"across 2 training seeds: 95% CI [{low:+.2f}, {high:+.2f}]" in trained_gain
     table = out.split("## per task\n")[1].splitlines()
     # t1: untrained adapted 41.5 over ICL 40; trained adapted 42.0 over the two seeds' ICL mean 47.5
-    assert table[0].startswith("| task | untrained adapted | trained adapted | untrained ICL | trained ICL")
+    assert table[0].startswith("| task | base adapted | trained adapted | base ICL | trained ICL")
     assert table[2] == "| t1 | 41.5 | 42.0 | 40.0 | 47.5 | +1.50 | -5.50 |"
 
     plain = _eval_file(tmp_path / "plain.json", {c: 40.0 for c in cells}, True)
@@ -238,7 +258,7 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
     # without --adapted and without zero-shot files: the in-context test alone (+10 on every cell)
     assert pair_evals.main(["--base-icl", base, "--icl", trained]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("## ICL") and "seed mean - untrained +10.00" in out and "## 0-shot" not in out
+    assert out.startswith("## ICL") and "seed mean - base +10.00" in out and "## 0-shot" not in out
     with pytest.raises(SystemExit) as refused:
         pair_evals.main(["--base-icl", base, "--icl", trained, "--zero-shot", plain])
     assert refused.value.code == 2 and "give both --base-zero-shot and --zero-shot" in capsys.readouterr().err
