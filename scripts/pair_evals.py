@@ -37,16 +37,22 @@ from maml_en_llm.compare_report import cell_and_task_tests, task_means  # noqa: 
 from maml_en_llm.metrics import result_cells, seed_test  # noqa: E402
 
 
-def load_cells(path: str, block: str | None = None) -> dict:
-    """The task x seed cells of an eval or compare file: its in-context scores, or with block="adapted" its
-    adapted ones."""
+def load_cells(path: str, block: str | None = None) -> dict | tuple[dict, dict]:
+    """The task x seed cells of an eval or compare file: its in-context scores, or with block="adapted" both its
+    in-context and its adapted ones (one read of the file)."""
     body = json.loads(Path(path).read_text())
     body = body.get("result", body)
-    if block is not None:
-        if not isinstance(body.get(block), dict):
-            raise SystemExit(f"error: {path}: no {block!r} scores; evaluate with --adapt-steps N to get them")
-        body = body[block]
-    return result_cells(body)
+    if block is None:
+        return result_cells(body)
+    if not isinstance(body.get(block), dict):
+        raise SystemExit(f"error: {path}: no {block!r} scores; evaluate with --adapt-steps N to get them")
+    return result_cells(body), result_cells(body[block])
+
+
+def load_adapted(files: list[str]) -> tuple[list[dict], list[dict]]:
+    """Each file's in-context cells, and each file's adapted cells."""
+    pairs = [load_cells(f, "adapted") for f in files]
+    return [icl for icl, _ in pairs], [adapted for _, adapted in pairs]
 
 
 def gain(a: dict, b: dict) -> dict:
@@ -67,12 +73,15 @@ def mde(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def seed_means(name: str, runs: list[dict]) -> tuple[dict, list[float]]:
-    """The runs' (training seeds') mean cell by cell, and each run's mean over its cells."""
+def check_cells(name: str, runs: list[dict]) -> None:
     cells = sorted(runs[0])
     if any(sorted(run) != cells for run in runs[1:]):
         raise SystemExit(f"error: {name}: the files do not hold the same task x seed cells; evaluate them alike")
-    return {c: mean(run[c] for run in runs) for c in cells}, [mean(run.values()) for run in runs]
+
+
+def seed_means(runs: list[dict]) -> tuple[dict, list[float]]:
+    """The runs' (training seeds') mean cell by cell, and each run's mean over its cells."""
+    return {c: mean(run[c] for run in runs) for c in runs[0]}, [mean(run.values()) for run in runs]
 
 
 def described(label: str, per_seed: list[float]) -> str:
@@ -102,8 +111,8 @@ def test_lines(label: str, by_cell: dict, per_seed: list[float], against: float 
 
 def report(name: str, base: list[dict], seeds: list[dict], title: str | None = None) -> list[str]:
     """The trained runs' seed mean against the base runs' (one file for the untrained model)."""
-    seed_means(name, base + seeds)  # all hold the same cells
-    (base_cells, base_per_seed), (cells, per_seed) = seed_means(name, base), seed_means(name, seeds)
+    check_cells(name, base + seeds)
+    (base_cells, base_per_seed), (cells, per_seed) = seed_means(base), seed_means(seeds)
     against = base_per_seed if len(base_per_seed) > 1 else base_per_seed[0]
     return ([f"## {title or name}", f"{described('base', base_per_seed)}; {described('trained', per_seed)}"]
             + test_lines("seed mean - base", cell_and_task_tests(cells, base_cells), per_seed, against))
@@ -112,8 +121,8 @@ def report(name: str, base: list[dict], seeds: list[dict], title: str | None = N
 def within_row(name: str, adapted: list[dict], icl: list[dict]) -> list[str]:
     """What adaptation adds to one row: its adapted cells against its own in-context cells (over its training
     seeds' means), and each training seed's mean gain against zero."""
-    seed_means(name, adapted + icl)  # all hold the same cells
-    (mean_adapted, _), (mean_icl, _) = seed_means(name, adapted), seed_means(name, icl)
+    check_cells(name, adapted + icl)
+    (mean_adapted, _), (mean_icl, _) = seed_means(adapted), seed_means(icl)
     per_seed = [mean(g.values()) for g in gains(adapted, icl)]
     return ([f"## adaptation gain (adapted - ICL), {name}",
              f"ICL {mean(mean_icl.values()):.2f}; adapted {mean(mean_adapted.values()):.2f}"
@@ -162,10 +171,8 @@ def main(argv=None) -> int:
         parser.error("--base-icl and --base-zero-shot need one file per training seed each")
     if args.per_task and args.zero_shot is None and not args.adapted:
         parser.error("--per-task needs the zero-shot files (or --adapted)")
-    base_icl, icl = [load_cells(f) for f in args.base_icl], [load_cells(f) for f in args.icl]
     if args.adapted:
-        base_adapted = [load_cells(f, "adapted") for f in args.base_icl]
-        adapted = [load_cells(f, "adapted") for f in args.icl]
+        (base_icl, base_adapted), (icl, adapted) = load_adapted(args.base_icl), load_adapted(args.icl)
         out = report("adapted", base_adapted, adapted)
         for label, row_adapted, row_icl in (("base", base_adapted, base_icl), ("trained", adapted, icl)):
             out += within_row(label, row_adapted, row_icl)
@@ -175,6 +182,7 @@ def main(argv=None) -> int:
             out += ["## per task"] + per_task_table(base_adapted, base_icl, adapted, icl, ("adapted", "ICL"), 2)
         print("\n".join(out))
         return 0
+    base_icl, icl = [load_cells(f) for f in args.base_icl], [load_cells(f) for f in args.icl]
     out = report("ICL", base_icl, icl)
     if args.zero_shot is None:
         print("\n".join(out))
