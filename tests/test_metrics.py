@@ -6,11 +6,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from scipy import stats
 
 from maml_en_llm.metrics import (
     accuracy, macro_f1, mean_ci95, paired_test, result_cells, seed_test, summarize, task_metric,
 )
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
 def test_macro_f1_class_never_predicted_scores_zero():
@@ -129,11 +132,7 @@ def _eval_file(path, cells, wrap):
 def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path, capsys):
     """scripts/pair_evals.py: the seed mean's cells against the untrained model's, and the seeds' means against
     its mean, from eval and compare files alike; the ICL gain is taken cell by cell."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
-    pair_evals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pair_evals)
+    pair_evals = load_script(SCRIPTS / "pair_evals.py")
     cells = [(t, s) for t in ("t1", "t2", "t3") for s in ("1", "2")]
     base = {c: 40.0 + 3 * i for i, c in enumerate(cells)}
     seed_a = {c: v + (1.0 if c[0] == "t1" else 3.0) for c, v in base.items()}  # task means +1, +3, +3
@@ -199,11 +198,7 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
     """--adapted reads each file's `adapted` block, not its in-context one, then tests adapted - ICL within each
     row and between them; without zero-shot files only the first test runs; a file without an adapted block, or
     zero-shot files beside --adapted, is an error."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pair_evals", Path(__file__).parents[1] / "scripts/pair_evals.py")
-    pair_evals = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pair_evals)
+    pair_evals = load_script(SCRIPTS / "pair_evals.py")
     cells = [(t, s) for t in ("t1", "t2", "t3") for s in ("1", "2")]
 
     def with_adapted(name, icl, adapted):
@@ -267,11 +262,7 @@ def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path
 def test_floors_script_gives_the_best_constant_macro_f1_and_the_chance_accuracy(tmp_path, capsys):
     """scripts/floors.py on hand-made tasks: 3 x "yes" and 1 x "no" -> predicting "yes" everywhere gives
     F1(yes) = 2 x 0.75 x 1 / 1.75 and F1(no) = 0, Macro-F1 42.86; multi-choice with 2 and 4 options -> 37.5."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("floors", Path(__file__).parents[1] / "scripts/floors.py")
-    floors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(floors)
+    floors = load_script(SCRIPTS / "floors.py")
     data = tmp_path / "data"
     rows = {"cls": [{"input": f"x{i}", "output": out, "options": ["no", "yes"]}
                     for i, out in enumerate(["yes", "yes", "no", "yes"])],
