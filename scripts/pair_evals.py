@@ -14,6 +14,8 @@ mean and their SD, then the seed mean - base mean over task x seed cells, over t
 seeds (given two or more), with the smallest difference each detects with 80% power: the tests of compare.md.
 Across training seeds the test is Welch's when the base has several seeds, else a one-sample test against the
 base's mean, which treats a trained base as fixed and so leaves out its own seed noise.
+`--base-random` and `--random` (files made with random demonstration labels, one per training seed) add the same
+tests for random-label ICL and for ICL - random (cell by cell: what the gold labels add over random ones).
 `--per-task` adds a table of each task's means (over its seeds, and over training seeds too).
 Without the zero-shot files only the first test runs. `--adapted` runs it on the adapted scores instead (the
 `adapted` block of evaluations made with --adapt-steps), then tests what adaptation adds within each row
@@ -155,20 +157,25 @@ def main(argv=None) -> int:
                         help="optional, same order: without it (and --zero-shot) only the ICL test runs")
     parser.add_argument("--icl", nargs="+", required=True, help="one file per training seed")
     parser.add_argument("--zero-shot", nargs="+", help="one file per training seed, same order")
+    parser.add_argument("--base-random", nargs="+",
+                        help="optional, same order: the base row's files made with random demonstration labels")
+    parser.add_argument("--random", nargs="+", help="one random-label file per training seed, same order")
     parser.add_argument("--per-task", action="store_true", help="also a table of each task's means")
     parser.add_argument("--adapted", action="store_true",
                         help="test the --icl files' adapted scores (made with --adapt-steps) instead, and what "
                              "adaptation adds within each row")
     args = parser.parse_args(argv)
-    if args.adapted and (args.base_zero_shot or args.zero_shot):
-        parser.error("--adapted tests the adapted scores against the in-context ones; drop --base-zero-shot and "
-                     "--zero-shot")
-    if (args.base_zero_shot is None) != (args.zero_shot is None):
-        parser.error("give both --base-zero-shot and --zero-shot, or neither (then only the first test runs)")
-    if args.zero_shot is not None and len(args.icl) != len(args.zero_shot):
-        parser.error("--icl and --zero-shot need one file per training seed each")
-    if args.base_zero_shot is not None and len(args.base_icl) != len(args.base_zero_shot):
-        parser.error("--base-icl and --base-zero-shot need one file per training seed each")
+    if args.adapted and (args.base_zero_shot or args.zero_shot or args.base_random or args.random):
+        parser.error("--adapted tests the adapted scores against the in-context ones; drop --base-zero-shot, "
+                     "--zero-shot, --base-random and --random")
+    for kind in ("zero-shot", "random"):
+        base, trained = getattr(args, f"base_{kind.replace('-', '_')}"), getattr(args, kind.replace("-", "_"))
+        if (base is None) != (trained is None):
+            parser.error(f"give both --base-{kind} and --{kind}, or neither")
+        if trained is not None and len(args.icl) != len(trained):
+            parser.error(f"--icl and --{kind} need one file per training seed each")
+        if base is not None and len(args.base_icl) != len(base):
+            parser.error(f"--base-icl and --base-{kind} need one file per training seed each")
     if args.per_task and args.zero_shot is None and not args.adapted:
         parser.error("--per-task needs the zero-shot files (or --adapted)")
     if args.adapted:
@@ -184,12 +191,14 @@ def main(argv=None) -> int:
         return 0
     base_icl, icl = [load_cells(f) for f in args.base_icl], [load_cells(f) for f in args.icl]
     out = report("ICL", base_icl, icl)
-    if args.zero_shot is None:
-        print("\n".join(out))
-        return 0
-    base_zero, zero = [load_cells(f) for f in args.base_zero_shot], [load_cells(f) for f in args.zero_shot]
-    out += report("0-shot", base_zero, zero)
-    out += report("ICL gain", gains(base_icl, base_zero), gains(icl, zero))
+    if args.zero_shot is not None:
+        base_zero, zero = [load_cells(f) for f in args.base_zero_shot], [load_cells(f) for f in args.zero_shot]
+        out += report("0-shot", base_zero, zero)
+        out += report("ICL gain", gains(base_icl, base_zero), gains(icl, zero))
+    if args.random is not None:
+        base_random, random = [load_cells(f) for f in args.base_random], [load_cells(f) for f in args.random]
+        out += report("random-label ICL", base_random, random)
+        out += report("ICL - random", gains(base_icl, base_random), gains(icl, random))
     if args.per_task:
         out += ["## per task"] + per_task_table(base_icl, base_zero, icl, zero)
     print("\n".join(out))

@@ -545,9 +545,10 @@ def test_a_worker_out_of_accelerator_memory_is_a_one_line_error(tmp_path, tiny_m
     assert "compare --jobs" in err and not (tmp_path / "out" / "compare.json").exists()
 
 
-def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):
+def test_diagnostics_add_zero_shot_icl_gain_random_label_gain_and_symbol_columns(tmp_path, tiny_model_dir, data_dir):
     """Every row is also evaluated zero-shot, with random demonstration labels and with symbol labels; the ICL
-    gain is the cell-by-cell difference of in-context and zero-shot; validation curves reach the report."""
+    gain is the cell-by-cell difference of in-context and zero-shot, ICL - random that of in-context and
+    random-label ICL; validation curves reach the report."""
     out = tmp_path / "out"
     assert main(compare_args(tiny_model_dir, data_dir, out, "--diagnostics", "zero-shot,random,symbols",
                              methods="none,metaicl", budget=("--steps", "2"))
@@ -555,17 +556,42 @@ def test_diagnostics_add_zero_shot_icl_gain_random_and_symbol_columns(tmp_path, 
     report = json.loads((out / "compare.json").read_text())
     for row in report["rows"]:
         blocks = row["eval"]
-        assert {"icl", "zero_shot", "icl_gain", "random", "symbols"} <= set(blocks)
+        assert {"icl", "zero_shot", "icl_gain", "random", "label_gain", "symbols"} <= set(blocks)
         for task, entry in blocks["icl_gain"]["tasks"].items():
             for seed, gain in entry["per_seed"].items():
                 expected = blocks["icl"]["tasks"][task]["per_seed"][seed] - blocks["zero_shot"]["tasks"][task]["per_seed"][seed]
                 assert gain == pytest.approx(expected)
+        # what the gold labels add over random ones: in-context minus random-label ICL, cell by cell
+        label_gain, icl, random = (result_cells_of(row, block) for block in ("label_gain", "icl", "random"))
+        assert label_gain == pytest.approx({cell: icl[cell] - random[cell] for cell in icl})
+        assert row["label_gain"]["all"]["mean"] == pytest.approx(row["icl"]["all"]["mean"] - row["random"]["all"]["mean"])
         assert blocks["symbols"]["applied"] == {"cls_c": True, "cls_d": True}
     trained = next(row for row in report["rows"] if row["method"] == "metaicl")
     assert [point["step"] for point in trained["validation"]] == [0, 1, 2]
     assert (out / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
     markdown = (out / "compare.md").read_text()
     assert "all ICL gain" in markdown and "all random-label ICL" in markdown and "all symbol ICL" in markdown
+    assert "all ICL - random" in markdown
+    assert ("metaicl", "none", "label_gain") in {(t["a"], t["b"], t["block"]) for t in report["paired_tests"]}
+
+
+def test_each_difference_block_is_its_first_block_minus_its_second_cell_by_cell():
+    """The tiny model scores random labels like gold ones, so the end-to-end test above cannot see the sign of
+    ICL - random; distinct synthetic scores can, for every difference block."""
+    from maml_en_llm.compare_report import add_differences
+
+    def block(*values):
+        return {"tasks": {"t": {"per_seed": {"1": values[0], "2": values[1]}}}}
+
+    blocks = {"icl": block(50.0, 60.0), "adapted": block(53.0, 61.0), "zero_shot": block(40.0, 45.0),
+              "random": block(47.0, 52.0)}
+    add_differences(blocks)
+    cells = {name: blocks[name]["tasks"]["t"]["per_seed"] for name in ("adapt_gain", "icl_gain", "label_gain")}
+    assert cells == {"adapt_gain": pytest.approx({"1": 3.0, "2": 1.0}), "icl_gain": pytest.approx({"1": 10.0, "2": 15.0}),
+                     "label_gain": pytest.approx({"1": 3.0, "2": 8.0})}
+    only_icl = {"icl": block(50.0, 60.0)}
+    add_differences(only_icl)
+    assert set(only_icl) == {"icl"}  # a difference needs both of its blocks
 
 
 def test_unknown_diagnostic_is_a_one_line_error(tmp_path, tiny_model_dir, data_dir, capsys):

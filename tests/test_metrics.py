@@ -194,6 +194,26 @@ def test_pair_evals_script_tests_seed_means_against_the_untrained_model(tmp_path
         capsys.readouterr().err
 
 
+def test_pair_evals_script_tests_random_label_icl_and_what_gold_labels_add(tmp_path, capsys):
+    """--base-random/--random: random-label ICL against the base's, and ICL - random (cell by cell) against the
+    base's; both or neither, one file per training seed."""
+    pair_evals = load_script(SCRIPTS / "pair_evals.py")
+    cells = [(t, s) for t in ("t1", "t2", "t3") for s in ("1", "2")]
+    files = {name: _eval_file(tmp_path / f"{name}.json", values, True) for name, values in (
+        ("base_icl", {c: 50.0 for c in cells}), ("base_random", {c: 45.0 for c in cells}),  # gold labels add 5
+        ("icl", {c: 52.0 for c in cells}), ("random", {c: 51.0 + i for i, c in enumerate(cells)}))}  # they add 1 - 6
+    assert pair_evals.main(["--base-icl", files["base_icl"], "--base-random", files["base_random"],
+                            "--icl", files["icl"], "--random", files["random"]]) == 0
+    out = capsys.readouterr().out
+    icl, random, label_gain = out.split("## ")[1:]
+    assert random.startswith("random-label ICL") and "seed mean - base +8.50" in random  # 53.5 - 45
+    assert label_gain.startswith("ICL - random") and "base 5.00; trained -1.50" in label_gain
+    assert "seed mean - base -6.50" in label_gain
+    with pytest.raises(SystemExit) as refused:
+        pair_evals.main(["--base-icl", files["base_icl"], "--icl", files["icl"], "--random", files["random"]])
+    assert refused.value.code == 2 and "give both --base-random and --random" in capsys.readouterr().err
+
+
 def test_pair_evals_script_tests_the_adapted_or_in_context_scores_alone(tmp_path, capsys):
     """--adapted reads each file's `adapted` block, not its in-context one, then tests adapted - ICL within each
     row and between them; without zero-shot files only the first test runs; a file without an adapted block, or

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from .compare_plan import PROBE_STEPS, Plan, Row, plan_compare, steps_for_seconds
-from .compare_report import (BASE, POOLED_LABEL, add_block_summaries, difference_block, format_markdown,
+from .compare_report import (BASE, POOLED_LABEL, add_block_summaries, add_differences, format_markdown,
                              paired_tests, plot, plot_curves, pooled_row)
 from .errors import UserError
 from .evaluate import evaluate_model
@@ -299,13 +299,11 @@ def run_compare(args, command_line: str) -> dict:
                  "validation": _validation_curve(plan, row)}
         if "adapted" in result:
             entry["eval"]["adapted"] = result["adapted"]
-            entry["eval"]["adapt_gain"] = difference_block(result["adapted"], entry["eval"]["icl"])
         for variant in plan.eval_settings["diagnostics"]:
             diagnostic = evals[row.label, variant]["result"]
             entry["eval"][variant] = {"tasks": diagnostic["tasks"], "average": diagnostic["average"],
                                       "applied": diagnostic.get("demo_labels_applied")}
-        if "zero_shot" in entry["eval"]:
-            entry["eval"]["icl_gain"] = difference_block(entry["eval"]["icl"], entry["eval"]["zero_shot"])
+        add_differences(entry["eval"])
         add_block_summaries(entry, subsets, seeds)
         rows.append(entry)
     if plan.sweep and plan.sweep["field"] == "seed":  # one more row: the seeds' mean

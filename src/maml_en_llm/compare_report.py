@@ -3,8 +3,8 @@ the Markdown table and the plots. Pure functions over the report dict (plots wri
 
 Blocks (the evaluations of a row): `icl` (k-shot in context), `adapted` (after --adapt-steps), `adapt_gain`
 (adapted - icl, cell by cell), `zero_shot` (k=0), `icl_gain` (icl - zero_shot, cell by cell), `random` (random
-demonstration labels) and `symbols` (label words renamed to arbitrary words). Subsets: all test tasks, and the
-split's unseen-domain tasks.
+demonstration labels), `label_gain` (icl - random, cell by cell: what the gold labels add) and `symbols` (label
+words renamed to arbitrary words). Subsets: all test tasks, and the split's unseen-domain tasks.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from .tasks import Split
 
 BASE = "none"  # the base model, evaluated without training
 SUBSETS = ("all", "unseen_domain")
-BLOCKS = ("icl", "adapted", "adapt_gain", "zero_shot", "icl_gain", "random", "symbols")
-GAIN_TITLES = {"icl_gain": "points (ICL - 0-shot)", "adapt_gain": "points (adapted - ICL)"}  # differences
+BLOCKS = ("icl", "adapted", "adapt_gain", "zero_shot", "icl_gain", "random", "label_gain", "symbols")
+GAIN_TITLES = {"icl_gain": "points (ICL - 0-shot)", "adapt_gain": "points (adapted - ICL)",  # differences
+               "label_gain": "points (ICL - random-label ICL)"}
 SUBSET_TITLES = {"all": "all", "unseen_domain": "unseen domain"}
 BLOCK_TITLES = {"icl": "ICL", "adapted": "adapted", "adapt_gain": "adapted - ICL", "zero_shot": "0-shot",
-                "icl_gain": "ICL gain", "random": "random-label ICL", "symbols": "symbol ICL"}
+                "icl_gain": "ICL gain", "random": "random-label ICL", "label_gain": "ICL - random",
+                "symbols": "symbol ICL"}
 
 
 def block_summary(block: dict, tasks: list[str], seeds: list[int]) -> dict | None:
@@ -54,9 +56,20 @@ def _cellwise(blocks: list[dict], combine) -> dict:
 
 
 def difference_block(a: dict, b: dict) -> dict:
-    """Cell by cell a - b as an evaluation block (the ICL gain: in context minus zero-shot; the adaptation gain:
-    adapted minus in context)."""
+    """Cell by cell a - b as an evaluation block."""
     return _cellwise([a, b], lambda x, y: x - y)
+
+
+DIFFERENCES = {"adapt_gain": ("adapted", "icl"),  # what adaptation adds
+               "icl_gain": ("icl", "zero_shot"),  # what the demonstrations add
+               "label_gain": ("icl", "random")}  # what their gold labels add over random ones (Min et al., 2022)
+
+
+def add_differences(blocks: dict) -> None:
+    """blocks[name] = blocks[a] - blocks[b], cell by cell, for each of DIFFERENCES whose two blocks a row has."""
+    for name, (a, b) in DIFFERENCES.items():
+        if a in blocks and b in blocks:
+            blocks[name] = difference_block(blocks[a], blocks[b])
 
 
 POOLED_LABEL = "seed mean"  # with --sweep seed: the trained rows averaged cell by cell
