@@ -261,10 +261,12 @@ def test_train_seeds_give_each_method_a_seed_mean_row_tested_across_training_see
         for block in ("icl", "zero_shot", "icl_gain"):
             assert_cell_mean(mean, one, two, block)
             assert mean["seed_means"][block]["all"] == [one[block]["all"]["mean"], two[block]["all"]["mean"]]
-    # only the method rows are tested, maml first against metaicl (the headline), and across training seeds too
+    # only the method rows are tested, maml first against metaicl (the headline), then each method against the
+    # untrained model, and across training seeds too
     pairs = [(t["a"], t["b"]) for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all"]
-    assert pairs == [("maml", "metaicl"), ("maml", "none")]
-    headline, against_none = (t for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all")
+    assert pairs == [("maml", "metaicl"), ("maml", "none"), ("metaicl", "none")]
+    headline, against_none, metaicl_against_none = (
+        t for t in report["paired_tests"] if t["block"] == "icl" and t["subset"] == "all")
     assert report["headline"] == headline
     maml, metaicl = by_label["maml"]["seed_means"]["icl"]["all"], by_label["metaicl"]["seed_means"]["icl"]["all"]
     seed_level = headline["by_training_seed"]
@@ -274,6 +276,10 @@ def test_train_seeds_give_each_method_a_seed_mean_row_tested_across_training_see
     assert against_none["by_training_seed"]["n_b"] is None
     assert against_none["by_training_seed"]["p_value"] == pytest.approx(
         stats.ttest_1samp(maml, none_mean).pvalue, nan_ok=True)
+    assert metaicl_against_none["mean_diff"] == pytest.approx(
+        by_label["metaicl"]["icl"]["all"]["mean"] - none_mean)  # the question meta-training must answer first
+    assert metaicl_against_none["by_training_seed"]["p_value"] == pytest.approx(
+        stats.ttest_1samp(metaicl, none_mean).pvalue, nan_ok=True)
     assert headline["verdict_level"] == "tasks and training seeds"
     markdown = (out / "compare.md").read_text()
     assert "\n| maml (mean of 2 seeds) | " in markdown and "\n| metaicl seed=2 | " in markdown

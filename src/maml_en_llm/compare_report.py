@@ -146,8 +146,9 @@ def cell_and_task_tests(cells_a: dict, cells_b: dict) -> dict:
 
 def _pairs(rows: list[dict], sweep: bool) -> tuple[list[tuple[str, str]], tuple[str, str] | None]:
     """Which rows the paired tests compare, and the headline pair. Without a sweep: MAML-en-LLM (maml, else fomaml,
-    else the first trained method) against every other row, MetaICL first (the headline); with --train-seeds these
-    are the methods' seed-mean rows, and the single-seed rows are not tested. With a sweep: every value against the
+    else the first trained method) against every other row, MetaICL first (the headline), then every other trained
+    method against the base model; with --train-seeds these are the methods' seed-mean rows, and the single-seed
+    rows are not tested. With a sweep: every value against the
     first, except a sweep of training seeds with a `none` row: the seed mean, then each seed, against none."""
     by_label = {row["label"]: row for row in rows}
     if sweep and POOLED_LABEL in by_label and BASE in by_label:
@@ -159,7 +160,10 @@ def _pairs(rows: list[dict], sweep: bool) -> tuple[list[tuple[str, str]], tuple[
     reference = next((m for m in ("maml", "fomaml") if m in labels), next((m for m in labels if m != BASE), None))
     others = sorted((m for m in labels if m != reference), key=lambda m: m != "metaicl")
     headline = (reference, "metaicl") if reference in ("maml", "fomaml") and "metaicl" in labels else None
-    return ([(reference, other) for other in others] if reference else []), headline
+    if reference is None:
+        return [], headline
+    against_base = [(other, BASE) for other in others if other != BASE] if BASE in labels else []
+    return [(reference, other) for other in others] + against_base, headline
 
 
 def _seed_level(row_a: dict, row_b: dict, block: str, subset: str) -> dict | None:
