@@ -491,6 +491,25 @@ def test_jobs_run_each_evaluation_as_its_own_work_item_once_its_row_is_trained(t
     assert after_training == {metaicl: [("eval", metaicl, "icl"), ("eval", metaicl, "zero_shot")]}
 
 
+def test_jobs_start_trainings_before_the_evaluations_of_rows_trained_before(tmp_path, tiny_model_dir, data_dir,
+                                                                           monkeypatch):
+    """A training unlocks evaluations of its own, so with rows trained before (runs reused from another folder) it
+    starts right after the untrained row's evaluations, and the finished rows' evaluations fill the other workers:
+    otherwise `--train-jobs 1` would leave the trainings, and what waits on them, to the end."""
+    from maml_en_llm.cli import build_parser
+
+    args = build_parser().parse_args(compare_args(tiny_model_dir, data_dir, tmp_path / "out", "--jobs", "2",
+                                                  "--diagnostics", "zero-shot", methods="none,metaicl,maml"))
+    plan = compare_module.plan_compare(args, "compare")
+    none, metaicl, maml = (next(i for i, row in enumerate(plan.rows) if row.label == label)
+                           for label in ("none", "metaicl", "maml"))
+    monkeypatch.setattr(compare_module, "_run_finished", lambda plan, row: row.method == "metaicl")
+    ready, after_training = compare_module.work_items(plan)
+    assert ready == [("eval", none, "icl"), ("eval", none, "zero_shot"), ("train", maml),
+                     ("eval", metaicl, "icl"), ("eval", metaicl, "zero_shot")]
+    assert after_training == {maml: [("eval", maml, "icl"), ("eval", maml, "zero_shot")]}
+
+
 def test_train_jobs_hold_trainings_back_and_let_evaluations_use_the_free_workers():
     """--train-jobs M: at most M running trainings; a held-back training keeps its place in the queue while the
     evaluations behind it start on the free workers; no worker is filled past --jobs."""

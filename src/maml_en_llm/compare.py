@@ -188,19 +188,21 @@ def worker_plan(plan: Plan) -> Plan:
 def work_items(plan: Plan) -> tuple[list[tuple], dict[int, list[tuple]]]:
     """The `--jobs` work left, as items for `_work`: those that can start at once, and for each row still to train,
     the evaluations that start when its training ends. Each evaluation is an item of its own, so a row's
-    in-context and diagnostic evaluations run side by side. The untrained row comes first (every comparison needs
-    it, and it is only evaluated, so a compare cut short by a time limit still has its baseline), then the trained
-    rows in the plan's order; rows with nothing left to do give no item."""
-    ready, after_training = [], {}
-    for i in sorted(range(len(plan.rows)), key=lambda i: plan.rows[i].method != BASE):
-        row = plan.rows[i]
+    in-context and diagnostic evaluations run side by side. The untrained row's evaluations come first (every
+    comparison needs them, so a compare cut short by a time limit still has its baseline), then the trainings, which
+    unlock evaluations of their own, then the evaluations of rows trained before, each group in the plan's order;
+    rows with nothing left to do give no item."""
+    base, trainings, trained, after_training = [], [], [], {}
+    for i, row in enumerate(plan.rows):
         evals = [("eval", i, variant) for variant in row.evals if _cached_eval(plan, row, variant) is None]
-        if row.method != BASE and not _run_finished(plan, row):
-            ready.append(("train", i))
+        if row.method == BASE:
+            base += evals
+        elif not _run_finished(plan, row):
+            trainings.append(("train", i))
             after_training[i] = evals
         else:
-            ready.extend(evals)
-    return ready, after_training
+            trained += evals
+    return base + trainings + trained, after_training
 
 
 def items_to_start(pending: list[tuple], running: list[tuple], workers: int, train_jobs: int) -> list[tuple]:
