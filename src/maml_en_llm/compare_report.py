@@ -148,8 +148,8 @@ def _pairs(rows: list[dict], sweep: bool) -> tuple[list[tuple[str, str]], tuple[
     """Which rows the paired tests compare, and the headline pair. Without a sweep: MAML-en-LLM (maml, else fomaml,
     else the first trained method) against every other row, MetaICL first (the headline), then every other trained
     method against the base model; with --train-seeds these are the methods' seed-mean rows, and the single-seed
-    rows are not tested. With a sweep: every value against the
-    first, except a sweep of training seeds with a `none` row: the seed mean, then each seed, against none."""
+    rows are not tested. With a sweep: every value against the first, except a sweep of training seeds with a
+    `none` row: the seed mean, then each seed, against none."""
     by_label = {row["label"]: row for row in rows}
     if sweep and POOLED_LABEL in by_label and BASE in by_label:
         return [(label, BASE) for label in [POOLED_LABEL] + by_label[POOLED_LABEL]["pooled"]], None
