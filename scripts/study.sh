@@ -220,6 +220,13 @@ case "${1:-}" in
       --config study/recipes/lora-k4.yaml --methods none,metaicl,maml --diagnostics zero-shot \
       --budget tokens=100000 "${EVAL[@]}" --train-seeds 100,13,21 --jobs 2 --train-jobs 1 \
       --out "$OUT/headroom-maml-seeds" ;;
+  # Section 6: all four rows with three training seeds on headroom, random-label demonstrations too (copy the
+  # runs and evals of headroom-methods and headroom-maml-seeds into the --out folder to reuse them)
+  headroom-all-seeds)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
+      --config study/recipes/lora-k4.yaml --methods none,metaicl,fomaml,maml --diagnostics zero-shot,random \
+      --budget tokens=100000 "${EVAL[@]}" --train-seeds 100,13,21 --jobs 2 --train-jobs 1 \
+      --out "$OUT/headroom-all-seeds" ;;
   # Section 6: the two shared-moment variants of second-order MAML-en-LLM on headroom (copy is headroom-methods'
   # maml run: copy it into the --out folder to reuse it)
   headroom-moments)
@@ -269,5 +276,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-moments|headroom-adapted-dev|headroom-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-all-seeds|headroom-moments|headroom-adapted-dev|headroom-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
