@@ -39,6 +39,11 @@ from maml_en_llm.compare_report import cell_and_task_tests, task_means  # noqa: 
 from maml_en_llm.metrics import result_cells, seed_test  # noqa: E402
 
 
+# The evaluations a row is also tested on beside its in-context one, given as --X and --base-X files: (X's dest,
+# its title, the title of ICL minus it, cell by cell)
+ALSO = (("zero_shot", "0-shot", "ICL gain"), ("random", "random-label ICL", "ICL - random"))
+
+
 def load_cells(path: str, block: str | None = None) -> dict | tuple[dict, dict]:
     """The task x seed cells of an eval or compare file: its in-context scores, or with block="adapted" both its
     in-context and its adapted ones (one read of the file)."""
@@ -168,8 +173,8 @@ def main(argv=None) -> int:
     if args.adapted and (args.base_zero_shot or args.zero_shot or args.base_random or args.random):
         parser.error("--adapted tests the adapted scores against the in-context ones; drop --base-zero-shot, "
                      "--zero-shot, --base-random and --random")
-    for kind in ("zero-shot", "random"):
-        base, trained = getattr(args, f"base_{kind.replace('-', '_')}"), getattr(args, kind.replace("-", "_"))
+    for dest, _, _ in ALSO:
+        kind, base, trained = dest.replace("_", "-"), getattr(args, f"base_{dest}"), getattr(args, dest)
         if (base is None) != (trained is None):
             parser.error(f"give both --base-{kind} and --{kind}, or neither")
         if trained is not None and len(args.icl) != len(trained):
@@ -190,16 +195,15 @@ def main(argv=None) -> int:
         print("\n".join(out))
         return 0
     base_icl, icl = [load_cells(f) for f in args.base_icl], [load_cells(f) for f in args.icl]
-    out = report("ICL", base_icl, icl)
-    if args.zero_shot is not None:
-        base_zero, zero = [load_cells(f) for f in args.base_zero_shot], [load_cells(f) for f in args.zero_shot]
-        out += report("0-shot", base_zero, zero)
-        out += report("ICL gain", gains(base_icl, base_zero), gains(icl, zero))
-    if args.random is not None:
-        base_random, random = [load_cells(f) for f in args.base_random], [load_cells(f) for f in args.random]
-        out += report("random-label ICL", base_random, random)
-        out += report("ICL - random", gains(base_icl, base_random), gains(icl, random))
+    out, also = report("ICL", base_icl, icl), {}
+    for dest, title, gain_title in ALSO:
+        if getattr(args, dest) is None:
+            continue
+        base_x, x = also[dest] = ([load_cells(f) for f in getattr(args, f"base_{dest}")],
+                                  [load_cells(f) for f in getattr(args, dest)])
+        out += report(title, base_x, x) + report(gain_title, gains(base_icl, base_x), gains(icl, x))
     if args.per_task:
+        base_zero, zero = also["zero_shot"]
         out += ["## per task"] + per_task_table(base_icl, base_zero, icl, zero)
     print("\n".join(out))
     return 0
