@@ -234,6 +234,13 @@ case "${1:-}" in
       --config study/recipes/lora-k4.yaml --methods maml --sweep inner_optimizer=shared-adam-copy,shared-adam-chain \
       --diagnostics zero-shot --budget tokens=100000 "${EVAL[@]}" --jobs 2 --train-jobs 1 \
       --out "$OUT/headroom-moments" ;;
+  # Section 6: shared-adam-chain with training seeds 13 and 21 too (copy headroom-moments' chain run and evals, and
+  # headroom-all-seeds' untrained evals, into the --out folder to reuse them)
+  headroom-chain-seeds)
+    env -u OMP_NUM_THREADS -u MKL_NUM_THREADS maml-en-llm compare --split study/splits/headroom.json \
+      --config study/recipes/lora-k4.yaml --methods none,maml --diagnostics zero-shot,random \
+      --budget tokens=100000 "${EVAL[@]}" --train-seeds 100,13,21 --jobs 2 --train-jobs 1 \
+      --out "$OUT/headroom-chain-seeds" inner_optimizer=shared-adam-chain ;;
   # Section 6: headroom's models of headroom-methods (copy runs/study/headroom/runs into the --out folder to reuse
   # them), also fine-tuned on each seed's 4 demonstrations: section 1c's dev-chosen setting (one Adam step at 3e-6)
   headroom-adapted-dev)

@@ -326,3 +326,72 @@ def test_paired_test_with_one_constant_nonzero_difference_is_certain():
     result = paired_test([3.0, 4.0, 5.0, 6.0], [1.0, 2.0, 3.0, 4.0])
     assert result["mean_diff"] == 2.0 and result["ci95"] == [2.0, 2.0]
     assert result["p_value_t"] == 0.0 and result["n"] == 4
+
+
+def _hand_made_adapter(folder: Path, **config) -> Path:
+    """A LoRA adapter of one module: A = ones(2, 3), B = ones(4, 2), so B @ A is 2 everywhere (12 entries)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 8, **config}))
+    save_file({"m.q_proj.lora_A.weight": torch.ones(2, 3), "m.q_proj.lora_B.weight": torch.ones(4, 2)},
+              str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_update_size_script_measures_the_weight_change_of_lora_and_merged_runs(tmp_path, tiny_model_dir, capsys):
+    """scripts/update_size.py: a LoRA adapter's change is scale * B @ A (scale alpha / r, or alpha / sqrt(r) under
+    rsLoRA); on a real peft run it equals final/ minus the base model, weight by weight."""
+    import torch
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from maml_en_llm.lora import apply_lora, save_lora_run
+    from maml_en_llm.models import load_tokenizer
+
+    update_size = load_script(SCRIPTS / "update_size.py")
+    norm, count = update_size.lora_update_norm(_hand_made_adapter(tmp_path / "plain"))
+    assert count == 1 and norm == pytest.approx(2 * (8 / 2) * math.sqrt(12))
+    norm, _ = update_size.lora_update_norm(_hand_made_adapter(tmp_path / "rs", use_rslora=True))
+    assert norm == pytest.approx(2 * (8 / math.sqrt(2)) * math.sqrt(12))
+
+    # a real run folder, as train writes it: adapters with random B (peft starts B at zero), then merged
+    run = tmp_path / "run"
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), rank=4, alpha=8.0, dropout=0.0,
+                       targets="all-linear")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    save_lora_run(model, load_tokenizer(str(tiny_model_dir)), run / "adapter", run / "final", str(tiny_model_dir))
+    (run / "config.yaml").write_text(yaml.safe_dump({"method": "maml", "seed": 7, "steps": 3,
+                                                     "inner_optimizer": "shared-adam-chain"}))
+    (run / "run.json").write_text(json.dumps({"model": str(tiny_model_dir)}))
+    lora, merged = update_size.measure(run), update_size.measure(run, merged=True)
+    assert lora["kind"] == "LoRA" and merged["kind"] == "merged" and lora["norm"] > 0.01
+    assert merged["norm"] == pytest.approx(lora["norm"], rel=1e-4)
+    assert update_size.main([str(run)]) == 0
+    assert f"| run | maml | shared-adam-chain | 7 | 3 | LoRA | {lora['weights']} | {lora['norm']:.4f} |" in \
+        capsys.readouterr().out
+    # the base model itself measured as a run's final/ weights moved nowhere
+    assert update_size.full_update_norm(tiny_model_dir, tiny_model_dir)[0] == 0.0
+
+    # bad input: one line naming the folder or file and what to do
+    with pytest.raises(SystemExit, match=r"no config.yaml; give a `train` or `compare` run folder"):
+        update_size.measure(tmp_path / "plain")
+    lonely = tmp_path / "lonely"
+    shutil.copytree(tmp_path / "plain", lonely)
+    from safetensors.torch import save_file
+    save_file({"m.q_proj.lora_A.weight": torch.ones(2, 3)}, str(lonely / "adapter_model.safetensors"))
+    with pytest.raises(SystemExit, match=r"m.q_proj.lora_A.weight has no m.q_proj.lora_B.weight"):
+        update_size.lora_update_norm(lonely)
+    other = tmp_path / "other"
+    other.mkdir()
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(other / "model.safetensors"))
+    with pytest.raises(SystemExit, match=r"weight model.embed_tokens.weight is \(3, 3\), the base's is"):
+        update_size.full_update_norm(other, tiny_model_dir)
+    (other / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"is not in the base model"):
+        update_size.full_update_norm(run / "final", other)
