@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import yaml
@@ -71,19 +72,18 @@ def _weights(folder: Path):
 def full_update_norm(final_dir: Path, base_dir: Path) -> tuple[float, int]:
     """(the norm of final - base over every weight of the trained model, how many weights), tensor by tensor. A
     weight the base stores under the same name only once (tied embeddings) counts once."""
-    base_index = {}
-    for path in _weights(base_dir):
-        with safe_open(str(path), "pt") as handle:
-            base_index.update({key: path for key in handle.keys()})
     total, count = 0.0, 0
-    for path in _weights(final_dir):
-        with safe_open(str(path), "pt") as handle:
+    with ExitStack() as files:
+        base_index = {}  # each base weight's name -> its file, each file opened once
+        for path in _weights(base_dir):
+            handle = files.enter_context(safe_open(str(path), "pt"))
+            base_index.update({key: handle for key in handle.keys()})
+        for path in _weights(final_dir):
+            handle = files.enter_context(safe_open(str(path), "pt"))
             for key in sorted(handle.keys()):
                 if key not in base_index:
                     fail(f"{path}: weight {key} is not in the base model ({base_dir}); give the run's base with --base")
-                with safe_open(str(base_index[key]), "pt") as base:
-                    before = base.get_tensor(key)
-                after = handle.get_tensor(key)
+                before, after = base_index[key].get_tensor(key), handle.get_tensor(key)
                 if after.shape != before.shape:
                     fail(f"{path}: weight {key} is {tuple(after.shape)}, the base's is {tuple(before.shape)}; give "
                          "the run's base with --base")

@@ -345,6 +345,7 @@ def test_update_size_script_measures_the_weight_change_of_lora_and_merged_runs(t
     rsLoRA); on a real peft run it equals final/ minus the base model, weight by weight."""
     import torch
     import yaml
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     from maml_en_llm.lora import apply_lora, save_lora_run
@@ -383,7 +384,6 @@ def test_update_size_script_measures_the_weight_change_of_lora_and_merged_runs(t
         update_size.measure(tmp_path / "plain")
     lonely = tmp_path / "lonely"
     shutil.copytree(tmp_path / "plain", lonely)
-    from safetensors.torch import save_file
     save_file({"m.q_proj.lora_A.weight": torch.ones(2, 3)}, str(lonely / "adapter_model.safetensors"))
     with pytest.raises(SystemExit, match=r"m.q_proj.lora_A.weight has no m.q_proj.lora_B.weight"):
         update_size.lora_update_norm(lonely)
