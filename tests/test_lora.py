@@ -61,6 +61,41 @@ def test_saved_adapter_reloads_through_peft_to_the_merged_logits(tmp_path, tiny_
     assert (merged - untrained).abs().max() > 1e-4  # training moved the model
 
 
+@pytest.mark.parametrize("method", ["metaicl", "maml"])
+def test_each_step_logs_how_far_the_adapters_moved_the_model(tmp_path, tiny_data_dir, tiny_model_dir, method):
+    """metrics.jsonl's delta_w_norm is ||merged - base|| of the adapters after that step: at the last step it is the
+    norm of the difference between the saved merged folder and the base model, computed here from those files."""
+    final = run(tmp_path, tiny_data_dir, tiny_model_dir, method=method, steps=3)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["delta_w_norm"] for r in records]
+    base, merged = load_file(tiny_model_dir / "model.safetensors"), load_file(final / "model.safetensors")
+    moved = sum(float((merged[n].double() - base[n].double()).pow(2).sum()) for n in base) ** 0.5
+    assert moved > 1e-3
+    assert norms[-1] == pytest.approx(moved, rel=1e-4)
+    assert 0 < norms[0] < norms[-1] and len(set(norms)) == len(norms)  # each step's own value, growing here
+
+
+def test_weight_change_norm_matches_peft_merge_with_any_scale(tiny_model_dir):
+    """Against peft's own merge, on adapters with random A and B (not the zero-B start), for alpha / r and for
+    rsLoRA's alpha / sqrt(r); a model without adapters gives None."""
+    from peft import LoraConfig, get_peft_model
+
+    from maml_en_llm.lora import weight_change_norm
+
+    assert weight_change_norm(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) is None
+    for rslora in (False, True):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        before = {n: p.detach().clone() for n, p in base.state_dict().items()}
+        config = LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "down_proj"], init_lora_weights=False,
+                            use_rslora=rslora)
+        peft_model = get_peft_model(base, config)
+        norm = weight_change_norm(peft_model)
+        merged = peft_model.merge_and_unload().state_dict()
+        expected = sum(float((merged[n].double() - before[n].double()).pow(2).sum()) for n in before) ** 0.5
+        assert expected > 1e-3
+        assert norm == pytest.approx(expected, rel=1e-5)
+
+
 def test_second_order_meta_gradient_on_adapters_matches_finite_differences():
     """LoRA on the float64 toy model (random A and B so every term is non-zero): the meta-gradient with respect
     to the adapters, and its second-order part on its own, against finite differences through the inner steps."""

@@ -40,6 +40,7 @@ def test_every_method_trains_and_changes_the_weights(tmp_path, tiny_data_dir, ti
     for r in records:
         assert r["tokens"] > 0 and r["grad_norm"] > 0 and r["seconds"] > 0 and r["loss"] > 0
         assert ("query_loss" in r) == (method in ("maml", "fomaml"))
+        assert "delta_w_norm" not in r  # LoRA runs only (test_lora.py)
     AutoModelForCausalLM.from_pretrained(final)  # plain transformers loads the result
     assert (tmp_path / "run" / "config.yaml").exists()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["device"].startswith(device.type)

@@ -16,6 +16,7 @@ A LoRA run writes two folders:
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -54,6 +55,28 @@ def apply_lora(model: torch.nn.Module, *, rank: int, alpha: float, dropout: floa
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()  # adapters are master weights: always fp32
     return peft_model
+
+
+def weight_change_norm(peft_model) -> float | None:
+    """How far the adapters have moved the model: the Frobenius norm, over every adapted weight, of the change
+    merging would make, scale * B @ A (what scripts/update_size.py reads from a saved adapter). Uses
+    ||s B A||^2 = s^2 * sum((B^T B) * (A A^T)), two r x r products per layer, so it is cheap enough for every
+    step. None when the model has no LoRA adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    total, found = 0.0, False
+    with torch.no_grad():
+        for module in peft_model.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            for name in module.active_adapters:
+                if name not in module.lora_A:
+                    continue
+                a = module.lora_A[name].weight.double().flatten(1)
+                b = module.lora_B[name].weight.double().flatten(1)
+                total += module.scaling[name] ** 2 * float(((b.T @ b) * (a @ a.T)).sum())
+                found = True
+    return math.sqrt(max(total, 0.0)) if found else None
 
 
 def save_lora_run(peft_model, tokenizer, adapter_dir: Path, final_dir: Path, base_model: str) -> None:

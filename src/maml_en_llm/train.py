@@ -30,7 +30,7 @@ from .checkpoint import latest_valid, load_checkpoint, save_checkpoint
 from .config import MAML_FAMILY, TrainConfig, make_config, parse_overrides, save_config
 from .episodes import TaskData, check_pools, sample_episode, unique_pool
 from .errors import UserError
-from .lora import apply_lora, save_lora_run
+from .lora import apply_lora, save_lora_run, weight_change_norm
 from .paths import atomic_write_text, check_output, default_data_dir
 from .precision import autocast, check_update_dtype, storage_dtype
 from .provenance import provenance
@@ -307,6 +307,8 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
             record["query_loss"] = stats["loss"]
         if config.method in MAML_FAMILY:
             record["inner_loss"] = stats["inner_loss"]
+        if config.lora_rank:
+            record["delta_w_norm"] = weight_change_norm(model)
         if main_rank:
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
