@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from maml_en_llm.errors import UserError  # noqa: E402
+from maml_en_llm.lora import change_sq_norm  # noqa: E402
 from maml_en_llm.models import resolve_model  # noqa: E402
 
 
@@ -54,8 +55,7 @@ def lora_update_norm(adapter_dir: Path) -> tuple[float, int]:
             partner = key.replace(".lora_A.", ".lora_B.")
             if partner not in keys:
                 fail(f"{weights_file}: {key} has no {partner}")
-            change = scale * (weights.get_tensor(partner).double() @ weights.get_tensor(key).double())
-            total += float(change.pow(2).sum())
+            total += change_sq_norm(weights.get_tensor(key), weights.get_tensor(partner), scale)
             count += 1
     if not count:
         fail(f"{weights_file}: no lora_A / lora_B weights")
@@ -110,12 +110,14 @@ def measure(run_dir: Path, merged: bool = False, base: str | None = None) -> dic
     if not config_file.is_file():
         fail(f"{run_dir}: no config.yaml; give a `train` or `compare` run folder")
     config = yaml.safe_load(config_file.read_text())
-    if (run_dir / "adapter").is_dir() and not merged:
-        kind, (norm, count) = "LoRA", lora_update_norm(run_dir / "adapter")
+    lora = (run_dir / "adapter").is_dir()
+    if lora and not merged:
+        kind, (norm, count) = "adapter", lora_update_norm(run_dir / "adapter")
     else:
         if not (run_dir / "final").is_dir():
             fail(f"{run_dir}: no final/ model; measure finished runs only")
-        kind, (norm, count) = "merged", full_update_norm(run_dir / "final", run_base(run_dir, base))
+        kind = "merged - base" if lora else "final - base"
+        norm, count = full_update_norm(run_dir / "final", run_base(run_dir, base))
     return {"run": run_dir.name, "method": config.get("method"), "seed": config.get("seed"),
             "inner_optimizer": config.get("inner_optimizer") if config.get("method") in ("maml", "fomaml") else "-",
             "steps": config.get("steps"), "kind": kind, "weights": count, "norm": norm}

@@ -371,11 +371,17 @@ def test_update_size_script_measures_the_weight_change_of_lora_and_merged_runs(t
                                                      "inner_optimizer": "shared-adam-chain"}))
     (run / "run.json").write_text(json.dumps({"model": str(tiny_model_dir)}))
     lora, merged = update_size.measure(run), update_size.measure(run, merged=True)
-    assert lora["kind"] == "LoRA" and merged["kind"] == "merged" and lora["norm"] > 0.01
+    assert lora["kind"] == "adapter" and merged["kind"] == "merged - base" and lora["norm"] > 0.01
     assert merged["norm"] == pytest.approx(lora["norm"], rel=1e-4)
     assert update_size.main([str(run)]) == 0
-    assert f"| run | maml | shared-adam-chain | 7 | 3 | LoRA | {lora['weights']} | {lora['norm']:.4f} |" in \
+    assert f"| run | maml | shared-adam-chain | 7 | 3 | adapter | {lora['weights']} | {lora['norm']:.4f} |" in \
         capsys.readouterr().out
+    # a full fine-tuning run (no adapter/): final/ minus the base, named so
+    full = tmp_path / "full"
+    shutil.copytree(run / "final", full / "final")
+    for name in ("config.yaml", "run.json"):
+        shutil.copy(run / name, full / name)
+    assert update_size.measure(full) == {**merged, "run": "full", "kind": "final - base"}
     # the base model itself measured as a run's final/ weights moved nowhere
     assert update_size.full_update_norm(tiny_model_dir, tiny_model_dir)[0] == 0.0
 

@@ -57,25 +57,27 @@ def apply_lora(model: torch.nn.Module, *, rank: int, alpha: float, dropout: floa
     return peft_model
 
 
+def change_sq_norm(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
+    """||scale * B @ A||_F^2, the squared size of the change one LoRA pair makes to its weight when merged, from two
+    r x r products: ||B A||^2 = trace(A^T B^T B A) = sum((B^T B) * (A A^T)). In float64."""
+    a, b = a.detach().double().flatten(1), b.detach().double().flatten(1)
+    return scale * scale * float(((b.T @ b) * (a @ a.T)).sum())
+
+
 def weight_change_norm(peft_model) -> float | None:
     """How far the adapters have moved the model: the Frobenius norm, over every adapted weight, of the change
-    merging would make, scale * B @ A (what scripts/update_size.py reads from a saved adapter). Uses
-    ||s B A||^2 = s^2 * sum((B^T B) * (A A^T)), two r x r products per layer, so it is cheap enough for every
-    step. None when the model has no LoRA adapters."""
+    merging would make (what scripts/update_size.py reads from a saved adapter). Cheap enough for every step. None
+    when the model has no LoRA adapters."""
     from peft.tuners.lora import LoraLayer
 
     total, found = 0.0, False
-    with torch.no_grad():
-        for module in peft_model.modules():
-            if not isinstance(module, LoraLayer):
-                continue
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
             for name in module.active_adapters:
-                if name not in module.lora_A:
-                    continue
-                a = module.lora_A[name].weight.double().flatten(1)
-                b = module.lora_B[name].weight.double().flatten(1)
-                total += module.scaling[name] ** 2 * float(((b.T @ b) * (a @ a.T)).sum())
-                found = True
+                if name in module.lora_A:
+                    total += change_sq_norm(module.lora_A[name].weight, module.lora_B[name].weight,
+                                            module.scaling[name])
+                    found = True
     return math.sqrt(max(total, 0.0)) if found else None
 
 
