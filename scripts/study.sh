@@ -241,6 +241,22 @@ case "${1:-}" in
       --config study/recipes/lora-k4.yaml --methods none,maml --diagnostics zero-shot,random \
       --budget tokens=100000 "${EVAL[@]}" --train-seeds 100,13,21 --jobs 2 --train-jobs 1 \
       --out "$OUT/headroom-chain-seeds" inner_optimizer=shared-adam-chain ;;
+  # Section 6: copy-maml (the default shared-adam-copy) at half the recipe's learning rate, inner and outer: does a
+  # shorter step alone give chain's score? (copy the untrained row's evals into the --out folder to reuse them)
+  headroom-copy-half-lr)
+    maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
+      --methods none,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/headroom-copy-half-lr" lr=2.5e-4 inner_lr=2.5e-4 ;;
+  # Section 6: headroom-moments' chain run (copy it into the --out folder) adapted as headroom-adapted-dev
+  headroom-chain-adapted)
+    maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
+      --methods none,maml --diagnostics none --budget tokens=100000 --adapt-steps 1 --adapt-lr 3e-6 \
+      --adapt-optimizer adam "${EVAL[@]}" --out "$OUT/headroom-chain-adapted" inner_optimizer=shared-adam-chain ;;
+  # Section 6: shared-adam-chain at headroom-wallclock's 1,000 s
+  headroom-chain-wallclock)
+    maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
+      --methods none,maml --diagnostics none --budget seconds=1000 "${EVAL[@]}" \
+      --out "$OUT/headroom-chain-wallclock" inner_optimizer=shared-adam-chain ;;
   # Section 6: headroom's models of headroom-methods (copy runs/study/headroom/runs into the --out folder to reuse
   # them), also fine-tuned on each seed's 4 demonstrations: section 1c's dev-chosen setting (one Adam step at 3e-6)
   headroom-adapted-dev)
@@ -283,5 +299,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-all-seeds|headroom-moments|headroom-adapted-dev|headroom-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-all-seeds|headroom-moments|headroom-chain-seeds|headroom-copy-half-lr|headroom-adapted-dev|headroom-chain-adapted|headroom-wallclock|headroom-chain-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
