@@ -247,6 +247,11 @@ case "${1:-}" in
     maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
       --methods none,maml --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
       --out "$OUT/headroom-copy-half-lr" lr=2.5e-4 inner_lr=2.5e-4 ;;
+  # Section 6: MetaICL at half the recipe's learning rate, the same check for the baseline
+  headroom-metaicl-half-lr)
+    maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
+      --methods none,metaicl --diagnostics none --budget tokens=100000 "${EVAL[@]}" \
+      --out "$OUT/headroom-metaicl-half-lr" lr=2.5e-4 ;;
   # Section 6: headroom-moments' chain run (copy it into the --out folder) adapted as headroom-adapted-dev
   headroom-chain-adapted)
     maml-en-llm compare --split study/splits/headroom.json --config study/recipes/lora-k4.yaml \
@@ -299,5 +304,5 @@ case "${1:-}" in
       --out "$OUT/explore/${PROMPT:-direct}-${LABELS:-gold}" --logger none steps=200 k=4 prompt="${PROMPT:-direct}" \
       lora_rank=16 lr=5e-4 warmup_steps=10 tasks_per_step=4 support_size=1 query_size=1 \
       train_labels="${LABELS:-gold}" eval_every=25 eval_max_test=16 checkpoint_every=25 ;;
-  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-all-seeds|headroom-moments|headroom-chain-seeds|headroom-copy-half-lr|headroom-adapted-dev|headroom-chain-adapted|headroom-wallclock|headroom-chain-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
+  *) echo "usage: scripts/study.sh methods|logic|moments|wallclock|adapted|adapt-search|adapted-dev|limited|channel|channel-train|lr|symbols-train|random-train|gold-300k|random-300k|lr-low|full-ft|full-ft-random|full-ft-3e-4|full-ft-random-300k|full-ft-seeds|full-ft-random-seeds|lora-seeds|full-ft-random-300k-seeds|lora-train-seeds|inner-eps|gpu|gpu-random|gpu-ft-random-300k-seeds|gpu-ft-random-1m-seeds|gpu-ft-symbols-1m-seeds|gpu-ft-symbols-k16-1m-seeds|k16-none|survey|headroom|headroom-seeds|headroom-methods|headroom-maml-seeds|headroom-all-seeds|headroom-moments|headroom-chain-seeds|headroom-copy-half-lr|headroom-metaicl-half-lr|headroom-adapted-dev|headroom-chain-adapted|headroom-wallclock|headroom-chain-wallclock|headroom-channel-dev|headroom-gemma-dev|headroom-gemma|headroom-gemma-seed13|explore   (OUT=folder, default runs/study)" >&2; exit 2 ;;
 esac
