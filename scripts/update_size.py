@@ -55,7 +55,7 @@ def lora_update_norm(adapter_dir: Path) -> tuple[float, int]:
             partner = key.replace(".lora_A.", ".lora_B.")
             if partner not in keys:
                 fail(f"{weights_file}: {key} has no {partner}")
-            total += change_sq_norm(weights.get_tensor(key), weights.get_tensor(partner), scale)
+            total += float(change_sq_norm(weights.get_tensor(key), weights.get_tensor(partner), scale))
             count += 1
     if not count:
         fail(f"{weights_file}: no lora_A / lora_B weights")

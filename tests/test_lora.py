@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from maml_en_llm.algorithms import InnerOptimizer, maml_task as _maml_task
 from maml_en_llm.config import make_config
-from maml_en_llm.lora import apply_lora
+from maml_en_llm.lora import apply_lora, weight_change_norm
 from maml_en_llm.models import load_model_and_tokenizer
 from maml_en_llm.train import train
 from toy import PAD, ToyLM, collected, directional_fd, dot, episode, params_of, random_direction
@@ -61,6 +61,11 @@ def test_saved_adapter_reloads_through_peft_to_the_merged_logits(tmp_path, tiny_
     assert (merged - untrained).abs().max() > 1e-4  # training moved the model
 
 
+def distance(a: dict, b: dict) -> float:
+    """The Frobenius norm of a - b over every weight of two state dicts with the same names."""
+    return sum(float((a[n].double() - b[n].double()).pow(2).sum()) for n in b) ** 0.5
+
+
 @pytest.mark.parametrize("method", ["metaicl", "maml"])
 def test_each_step_logs_how_far_the_adapters_moved_the_model(tmp_path, tiny_data_dir, tiny_model_dir, method):
     """metrics.jsonl's delta_w_norm is ||merged - base|| of the adapters after that step: at the last step it is the
@@ -69,7 +74,7 @@ def test_each_step_logs_how_far_the_adapters_moved_the_model(tmp_path, tiny_data
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     norms = [r["delta_w_norm"] for r in records]
     base, merged = load_file(tiny_model_dir / "model.safetensors"), load_file(final / "model.safetensors")
-    moved = sum(float((merged[n].double() - base[n].double()).pow(2).sum()) for n in base) ** 0.5
+    moved = distance(merged, base)
     assert moved > 1e-3
     assert norms[-1] == pytest.approx(moved, rel=1e-4)
     assert 0 < norms[0] < norms[-1] and len(set(norms)) == len(norms)  # each step's own value, growing here
@@ -80,8 +85,6 @@ def test_weight_change_norm_matches_peft_merge_with_any_scale(tiny_model_dir):
     rsLoRA's alpha / sqrt(r); a model without adapters gives None."""
     from peft import LoraConfig, get_peft_model
 
-    from maml_en_llm.lora import weight_change_norm
-
     assert weight_change_norm(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) is None
     for rslora in (False, True):
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -91,7 +94,7 @@ def test_weight_change_norm_matches_peft_merge_with_any_scale(tiny_model_dir):
         peft_model = get_peft_model(base, config)
         norm = weight_change_norm(peft_model)
         merged = peft_model.merge_and_unload().state_dict()
-        expected = sum(float((merged[n].double() - before[n].double()).pow(2).sum()) for n in before) ** 0.5
+        expected = distance(merged, before)
         assert expected > 1e-3
         assert norm == pytest.approx(expected, rel=1e-5)
 

@@ -57,11 +57,12 @@ def apply_lora(model: torch.nn.Module, *, rank: int, alpha: float, dropout: floa
     return peft_model
 
 
-def change_sq_norm(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
+def change_sq_norm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     """||scale * B @ A||_F^2, the squared size of the change one LoRA pair makes to its weight when merged, from two
-    r x r products: ||B A||^2 = trace(A^T B^T B A) = sum((B^T B) * (A A^T)). In float64."""
+    r x r products: ||B A||^2 = trace(A^T B^T B A) = sum((B^T B) * (A A^T)). A float64 scalar tensor on the
+    adapters' device (no host sync)."""
     a, b = a.detach().double().flatten(1), b.detach().double().flatten(1)
-    return scale * scale * float(((b.T @ b) * (a @ a.T)).sum())
+    return scale * scale * ((b.T @ b) * (a @ a.T)).sum()
 
 
 def weight_change_norm(peft_model) -> float | None:
@@ -70,15 +71,10 @@ def weight_change_norm(peft_model) -> float | None:
     when the model has no LoRA adapters."""
     from peft.tuners.lora import LoraLayer
 
-    total, found = 0.0, False
-    for module in peft_model.modules():
-        if isinstance(module, LoraLayer):
-            for name in module.active_adapters:
-                if name in module.lora_A:
-                    total += change_sq_norm(module.lora_A[name].weight, module.lora_B[name].weight,
-                                            module.scaling[name])
-                    found = True
-    return math.sqrt(max(total, 0.0)) if found else None
+    squares = [change_sq_norm(module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name])
+               for module in peft_model.modules() if isinstance(module, LoraLayer)
+               for name in module.active_adapters if name in module.lora_A]
+    return math.sqrt(max(float(torch.stack(squares).sum()), 0.0)) if squares else None  # one host sync per call
 
 
 def save_lora_run(peft_model, tokenizer, adapter_dir: Path, final_dir: Path, base_model: str) -> None:

@@ -307,9 +307,9 @@ def train(config: TrainConfig, *, model_name: str, data_dir: Path | None, split:
             record["query_loss"] = stats["loss"]
         if config.method in MAML_FAMILY:
             record["inner_loss"] = stats["inner_loss"]
-        if config.lora_rank:
-            record["delta_w_norm"] = weight_change_norm(model)
         if main_rank:
+            if config.lora_rank:
+                record["delta_w_norm"] = weight_change_norm(model)
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             tracker.log(record, step + 1)
